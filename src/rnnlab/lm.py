@@ -1,0 +1,120 @@
+"""`LanguageModel`: a trained network with its tokenizer; what `rnnlab.load` and `rnnlab.train` return.
+
+    lm = rnnlab.load("runs/shakespeare")
+    print(lm.generate("ROMEO:", length=300, temperature=0.8, seed=1))
+    print(lm.evaluate(open("valid.txt").read()))
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from rnnlab import checkpoint
+from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.evaluate import stream_loss, summarize
+from rnnlab.generate import check_sampling, sample_ids
+from rnnlab.model import RNNLM, ModelConfig
+from rnnlab.tokenize import EOS, UNK, tokenizer_from_dict
+
+MAX_PROMPT_TOKENS = 10_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
+
+
+class LanguageModel:
+    def __init__(self, net: RNNLM, tokenizer, config: dict, path: Path | None = None):
+        self.net = net
+        self.tokenizer = tokenizer
+        self.config = config
+        self.path = path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> LanguageModel:
+        self.net.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        m = self.net.config
+        return (f"LanguageModel({m.layers}x{m.hidden} {m.cell}, {self.tokenizer.kind} level, "
+                f"vocab {self.tokenizer.vocab_size}, {self.net.num_parameters():,} parameters)")
+
+    # -- text in ------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt text -> ids, without the <eos> a final line would get; warns about unknown words."""
+        ids = self.tokenizer.encode(prompt).tolist()
+        if self.tokenizer.kind == "word" and ids and not prompt.endswith("\n"):
+            ids = ids[:-1]
+        unknown = self.tokenizer.unknown(prompt)
+        if unknown:
+            shown = ", ".join(repr(w) for w in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            warnings.warn(f"{len(unknown)} prompt {'word' if self.tokenizer.kind == 'word' else 'character'}"
+                          f"{'s' if len(unknown) > 1 else ''} not in the vocabulary, read as {UNK}: {shown}",
+                          RnnlabWarning, stacklevel=3)
+        if len(ids) > MAX_PROMPT_TOKENS:
+            warnings.warn(f"the prompt has {len(ids)} tokens; keeping the last {MAX_PROMPT_TOKENS}",
+                          RnnlabWarning, stacklevel=3)
+            ids = ids[-MAX_PROMPT_TOKENS:]
+        return ids
+
+    # -- text out -----------------------------------------------------------------------------
+
+    def stream(self, prompt: str | None = None, *, length: int = 200, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+               seed: int | None = None) -> Iterator[str]:
+        """Yield the text piece by piece: first the prompt (or the random start word), then each new token."""
+        check_sampling(temperature, top_k, top_p)
+        if length < 0:
+            raise RnnlabError(f"--length must be >= 0, got {length}")
+        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        detok = self.tokenizer.detokenizer()
+        ids = self.encode_prompt(prompt) if prompt else []
+        if ids:
+            for i in ids:
+                detok(i)  # bring the detokenizer's spacing state up to the prompt's end
+            yield prompt
+        else:
+            # no prompt: start from a random vocabulary word, as the textbook's generator does
+            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS)]
+            ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
+            yield detok(ids[0]).lstrip(" ")
+        prompt_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        for token in sample_ids(self.net, prompt_ids, length, temperature=temperature, top_k=top_k,
+                                top_p=top_p, greedy=greedy, generator=generator):
+            yield detok(int(token[0]))
+
+    def generate(self, prompt: str | None = None, **options) -> str:
+        """The prompt and `length` new tokens as one string; options as in `stream`."""
+        return "".join(self.stream(prompt, **options))
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def evaluate(self, text: str, *, batch_size: int = 1) -> dict:
+        """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream."""
+        ids = self.tokenizer.encode(text)
+        return summarize(*stream_loss(self.net, ids, batch_size=batch_size, device=self.device))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+    """Load a model directory (on the CPU unless told otherwise), whatever device trained it."""
+    path = Path(path)
+    config = checkpoint.read_config(path)
+    if config.get("model_type", "rnn") != "rnn":
+        raise RnnlabError(f"{path} holds a {config.get('model_type')!r} model, which this rnnlab cannot load")
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError):
+        raise RnnlabError(f"{path / checkpoint.CONFIG} has no valid 'model' section; the directory is corrupt") from None
+    tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(path))
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise RnnlabError(f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
+                          f"{model_config.vocab_size}; the directory mixes two models")
+    net = RNNLM(model_config)
+    checkpoint.load_weights(net, path)
+    net.eval()
+    return LanguageModel(net, tokenizer, config, path).to(device)

@@ -1,0 +1,123 @@
+"""The recurrent language model: input layer -> recurrent stack -> softmax over the vocabulary.
+
+    idx (B, T) ──► input layer (B, T, E) ──► RNN/LSTM/GRU × layers (B, T, H) ──► linear (B, T, V) ──► softmax
+
+The recurrent stack is `torch.nn.RNN/LSTM/GRU`, so the fused kernels (cuDNN on GPUs, oneDNN /
+ATen on CPUs) do the work. A vanilla RNN layer computes `h_t = tanh(W x_t + U h_{t-1} + b)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rnnlab.errors import RnnlabError
+
+# cell name -> (torch module, gates per unit, extra constructor arguments)
+CELLS = {
+    "rnn": (nn.RNN, 1, {"nonlinearity": "tanh"}),
+    "rnn-relu": (nn.RNN, 1, {"nonlinearity": "relu"}),
+    "lstm": (nn.LSTM, 4, {}),
+    "gru": (nn.GRU, 3, {}),
+}
+INPUTS = ("learned", "onehot")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int               # tokens the model reads and predicts (the tokenizer's vocabulary)
+    cell: str = "lstm"            # rnn (tanh) | rnn-relu | lstm | gru; LSTM is the robust default
+    input: str = "learned"        # learned: an embedding table; onehot: the textbook's one-hot x_t
+    embed_dim: int = 256          # width of the learned embedding (onehot ignores it)
+    hidden: int = 256             # units per recurrent layer
+    layers: int = 2               # stacked recurrent layers
+    dropout: float = 0.0          # on the input, between layers and before the softmax (Zaremba et al. 2014)
+    tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
+    init_range: float | None = None  # uniform(-r, r) for recurrent weights (Zaremba: 0.1); None: torch's default
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.input not in INPUTS:
+            raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
+        for name in ("vocab_size", "embed_dim", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
+            raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RNNLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        rnn_class, gates, extra = CELLS[config.cell]
+        V, H = config.vocab_size, config.hidden
+        if config.input == "onehot":
+            # W x_t with a one-hot x_t is column x_t of W: a table lookup, no V-wide vector is
+            # ever built. The table holds W (all gates at once); the first layer's own input
+            # matrix is fixed to the identity so that it passes W x_t through unchanged.
+            self.encoder = nn.Embedding(V, gates * H)
+            input_size = gates * H
+        else:
+            self.encoder = nn.Embedding(V, config.embed_dim)
+            input_size = config.embed_dim
+        self.rnn = rnn_class(input_size, H, num_layers=config.layers, batch_first=True,
+                             dropout=config.dropout if config.layers > 1 else 0.0, **extra)
+        self.drop = nn.Dropout(config.dropout)
+        self.decoder = nn.Linear(H, V)
+        self._init_weights()
+        if config.input == "onehot":
+            with torch.no_grad():
+                self.rnn.weight_ih_l0.copy_(torch.eye(gates * H))
+                self.rnn.bias_ih_l0.zero_()
+            self.rnn.weight_ih_l0.requires_grad_(False)
+            self.rnn.bias_ih_l0.requires_grad_(False)
+        if config.tie_weights:
+            self.decoder.weight = self.encoder.weight
+
+    def _init_weights(self):
+        # small uniform input and output tables, as in pytorch/examples word_language_model
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if self.config.init_range is not None:
+            for p in self.rnn.parameters():
+                nn.init.uniform_(p, -self.config.init_range, self.config.init_range)
+
+    def forward(self, idx: torch.Tensor, hidden=None, targets: torch.Tensor | None = None):
+        """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden."""
+        x = self.encoder(idx)                       # (B, T, E)
+        if self.config.input != "onehot":
+            x = self.drop(x)
+        out, hidden = self.rnn(x, hidden)           # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
+        logits = self.decoder(self.drop(out))       # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss, hidden
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)  # shared (tied) tensors count once
+
+
+def detach(hidden):
+    """Cut the graph at a window boundary (truncated BPTT) but keep the state's values."""
+    if hidden is None:
+        return None
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return hidden.detach()

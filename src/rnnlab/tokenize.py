@@ -1,0 +1,193 @@
+"""Tokenizers: text <-> integer ids, and the vocabulary.
+
+Two levels:
+- `CharTokenizer`: one token per character (Karpathy's char-rnn); `<unk>` for characters the
+  training split never showed.
+- `WordTokenizer`: words and punctuation as tokens (or whitespace-split words for corpora that
+  come tokenised, such as PTB); a capped vocabulary, `<unk>` for the rest, `<eos>` at every line
+  end (the PTB convention of Mikolov and Zaremba).
+
+A tokenizer is saved as JSON beside the model, so sampling never needs the corpus.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from collections import Counter
+from typing import Iterable
+
+import numpy as np
+
+from rnnlab.errors import RnnlabError
+
+UNK, EOS = "<unk>", "<eos>"
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, vocab: list[str]):
+        if vocab[0] != UNK:
+            raise ValueError("a char vocabulary starts with <unk>")
+        self.vocab = vocab
+        self.index = {tok: i for i, tok in enumerate(vocab)}
+        self.unk_id = 0
+        self.eos_id = self.index.get("\n")
+        # code point -> id lookup table: encoding a megabyte is one numpy gather
+        top = max((ord(c) for c in vocab[1:]), default=0)
+        self._lut = np.zeros(top + 1, dtype=np.int64)
+        for i, c in enumerate(vocab[1:], start=1):
+            self._lut[ord(c)] = i
+
+    @classmethod
+    def fit(cls, text: str) -> CharTokenizer:
+        return cls([UNK, *sorted(set(text))])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+        inside = codes < len(self._lut)
+        ids = np.zeros(len(codes), dtype=np.int64)  # outside the table: <unk>
+        ids[inside] = self._lut[codes[inside]]
+        return ids
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({c for c in text if c not in self.index})
+
+    def detokenizer(self) -> "Detokenizer":
+        return Detokenizer(self)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.piece(i) for i in ids)
+
+    def piece(self, token_id: int) -> str:
+        return "\ufffd" if token_id == self.unk_id else self.vocab[token_id]
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "vocab": self.vocab}
+
+
+# words with inner apostrophes stay whole ("don't", "Baptista's"); any other symbol is its own token
+_WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
+_NO_SPACE_BEFORE = set(".,;:!?)]}%") | {"'s", "n't", "'re", "'ve", "'ll", "'d", "'m", "..."}
+_NO_SPACE_AFTER = set("([{$#")
+
+
+class WordTokenizer:
+    kind = "word"
+
+    def __init__(self, vocab: list[str], *, lowercase: bool = False, split: str = "words"):
+        if vocab[:2] != [UNK, EOS]:
+            raise ValueError("a word vocabulary starts with <unk>, <eos>")
+        if split not in ("words", "whitespace"):
+            raise ValueError(f"unknown split {split!r}")
+        self.vocab = vocab
+        self.index = {tok: i for i, tok in enumerate(vocab)}
+        self.unk_id, self.eos_id = 0, 1
+        self.lowercase = lowercase
+        self.split = split
+
+    def words(self, line: str) -> list[str]:
+        if self.lowercase:
+            line = line.lower()
+        return line.split() if self.split == "whitespace" else _WORD_RE.findall(line)
+
+    def tokens(self, text: str) -> Iterable[str]:
+        """Every token of the text, with <eos> at each line end; a generator, so memory stays flat."""
+        for line in text.splitlines():
+            yield from self.words(line)
+            yield EOS
+
+    @classmethod
+    def fit(cls, text: str, *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
+            split: str = "words") -> WordTokenizer:
+        """Keep the `max_vocab` most frequent tokens (specials included) seen at least `min_freq` times."""
+        if max_vocab < 3:
+            raise RnnlabError(f"--max-vocab must be at least 3 (<unk>, <eos> and one word), got {max_vocab}")
+        probe = cls([UNK, EOS], lowercase=lowercase, split=split)
+        counts = Counter(probe.tokens(text))
+        counts.pop(UNK, None)
+        counts.pop(EOS, None)
+        kept = sorted((tok for tok, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+        return cls([UNK, EOS, *kept[: max_vocab - 2]], lowercase=lowercase, split=split)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        get, unk = self.index.get, self.unk_id
+        ids = array("q", (get(tok, unk) for tok in self.tokens(text)))
+        return np.frombuffer(ids, dtype=np.int64).copy()
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({tok for tok in self.tokens(text) if tok not in self.index})
+
+    def detokenizer(self) -> "Detokenizer":
+        return Detokenizer(self)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        detok = self.detokenizer()
+        return "".join(detok(i) for i in ids)
+
+    def piece(self, token_id: int) -> str:
+        return self.vocab[token_id]
+
+    def to_dict(self) -> dict:
+        return {"type": "word", "vocab": self.vocab, "lowercase": self.lowercase, "split": self.split}
+
+
+class Detokenizer:
+    """Turns a stream of ids into readable text piece by piece (for streaming output).
+
+    Word level: a space between words, none before closing punctuation or after an opening
+    bracket, `<eos>` as a newline. Char level: the characters themselves.
+    """
+
+    def __init__(self, tokenizer: CharTokenizer | WordTokenizer):
+        self.tokenizer = tokenizer
+        self.line_start = True
+        self.glue_next = False
+        self.quote_open = False
+
+    def __call__(self, token_id: int) -> str:
+        piece = self.tokenizer.piece(int(token_id))
+        if self.tokenizer.kind == "char":
+            return piece
+        if token_id == self.tokenizer.eos_id:
+            self.line_start, self.glue_next, self.quote_open = True, False, False
+            return "\n"
+        space = not (self.line_start or self.glue_next or piece in _NO_SPACE_BEFORE)
+        self.glue_next = piece in _NO_SPACE_AFTER
+        if piece == '"':
+            if self.quote_open:
+                space = False
+            else:
+                self.glue_next = True
+            self.quote_open = not self.quote_open
+        self.line_start = False
+        return (" " if space else "") + piece
+
+
+def build_tokenizer(level: str, train_text: str, *, max_vocab: int = 20_000, min_freq: int = 1,
+                    lowercase: bool = False, pretokenized: bool = False) -> CharTokenizer | WordTokenizer:
+    if level == "char":
+        return CharTokenizer.fit(train_text)
+    if level == "word":
+        return WordTokenizer.fit(train_text, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase,
+                                 split="whitespace" if pretokenized else "words")
+    raise RnnlabError(f"unknown level {level!r}; choose char or word")
+
+
+def tokenizer_from_dict(data: dict) -> CharTokenizer | WordTokenizer:
+    kind = data.get("type")
+    if kind == "char":
+        return CharTokenizer(list(data["vocab"]))
+    if kind == "word":
+        return WordTokenizer(list(data["vocab"]), lowercase=bool(data.get("lowercase")),
+                             split=data.get("split", "words"))
+    raise RnnlabError(f"unknown tokenizer type {kind!r} in tokenizer.json")

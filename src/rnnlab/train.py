@@ -1,0 +1,558 @@
+"""Training: cross-entropy, truncated backpropagation through time, checkpoints you can resume.
+
+    corpus ─► tokenizer ─► batchify (B streams) ─► windows of bptt tokens ─► forward / backward ─► clip ─► step
+                                                     ▲ hidden state carried (detached) between windows
+
+`train()` is the whole pipeline (what `rnnlab train` calls); `Trainer` is the loop. The loop
+stops at `--epochs`, `--max-steps`, `--time-budget` or early stopping, whichever comes first,
+and always ends the same way: validate, save, evaluate the best model on valid and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rnnlab import __version__, checkpoint
+from rnnlab.batching import batchify, num_windows, windows
+from rnnlab.corpus import Corpus, load_corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.evaluate import stream_loss, summarize
+from rnnlab.lm import LanguageModel
+from rnnlab.model import RNNLM, ModelConfig, detach
+from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "plateau", "step")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32            # parallel token streams (rows of batchify)
+    bptt: int = 128                 # tokens per truncated-BPTT window: how far back gradients flow
+    optimizer: str = "adamw"        # sgd | adam | adamw; adamw is forgiving, sgd reproduces Zaremba et al.
+    lr: float = 3e-3                # peak learning rate
+    momentum: float = 0.0           # sgd only
+    weight_decay: float = 0.0       # decoupled for adamw, L2 for sgd/adam
+    schedule: str = "cosine"        # constant | cosine (to lr_floor at the end) | plateau | step
+    warmup: int = 0                 # steps of linear warm-up
+    lr_floor: float = 0.1           # cosine ends at lr * lr_floor
+    lr_decay: float = 0.25          # plateau: multiply lr by this when validation stops improving; step: each epoch
+    decay_start: int = 4            # step: epochs at full lr before decaying every epoch (Zaremba: 4)
+    clip: float | None = 1.0        # global gradient-norm clip: the remedy for exploding gradients; None: off
+    epochs: int | None = None       # passes over the training split (default 10 if no other limit is set)
+    max_steps: int | None = None    # optimiser steps
+    time_budget: float | None = None  # minutes of training; stops cleanly, then validates and saves
+    eval_every: int | None = None   # steps between validations; None: at the end of every epoch
+    eval_batch_size: int = 16       # parallel streams when validating during training
+    patience: int | None = None     # stop after this many validations without improvement
+    save_every: int | None = None   # steps between saves of last/; None: at every validation
+    sample_every: int | None = None  # steps between printed samples
+    log_every: int = 50             # steps between metrics.jsonl lines
+    skip_nonfinite: bool = False    # skip a step whose loss or gradient is NaN/inf instead of stopping
+    seed: int = 1337
+    device: str = "auto"            # auto | cpu | cuda | mps
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise RnnlabError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise RnnlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for name in ("batch_size", "bptt", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "eval_every", "patience", "save_every", "sample_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise RnnlabError(f"--lr must be > 0, got {self.lr}")
+        if self.clip is not None and not self.clip > 0:
+            raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise RnnlabError(f"--time-budget must be > 0 minutes, got {self.time_budget}")
+        if self.epochs is None and self.max_steps is None and self.time_budget is None:
+            self.epochs = 10
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RnnlabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RnnlabError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise RnnlabError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+class TrainingInterrupted(RnnlabError):
+    """Ctrl-C or SIGTERM: the checkpoint is saved; the message says how to resume."""
+
+
+class TrainingDiverged(RnnlabError):
+    """The loss became NaN or infinite."""
+
+
+class _StopSignals:
+    """First Ctrl-C / SIGTERM asks the loop to stop at the next step boundary (so the saved
+    checkpoint is consistent); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state() -> dict:
+    # torch's generators are the only randomness in training (dropout; the data order is fixed)
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """The training loop over one model, one tokenised corpus and one output directory."""
+
+    def __init__(self, lm: LanguageModel, train_ids: np.ndarray, valid_ids: np.ndarray | None,
+                 cfg: TrainConfig, out: Path, run_config: dict, *, progress: bool = True, log=None):
+        self.lm, self.net, self.cfg, self.out = lm, lm.net, cfg, Path(out)
+        self.run_config = run_config
+        self.device = lm.device
+        self.progress = progress
+        self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        self.train_data = batchify(train_ids, cfg.batch_size).to(self.device)       # (B, N)
+        if self.train_data.size(1) < 2:
+            raise RnnlabError(
+                f"the training split has {len(train_ids)} tokens, fewer than one batch needs "
+                f"(batch size {cfg.batch_size} x 2 = {2 * cfg.batch_size}); give more text or a smaller --batch-size")
+        self.valid_ids = valid_ids
+        if valid_ids is not None and len(valid_ids) < 2 * cfg.eval_batch_size:
+            self.cfg.eval_batch_size = max(1, len(valid_ids) // 2)
+        self.steps_per_epoch = num_windows(self.train_data, cfg.bptt)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the loop's whole state: with the weights, optimiser and RNG it is all a resume needs
+        self.step = 0
+        self.epoch = 0
+        self.column = 0                  # where in the current epoch's stream the next window starts
+        self.hidden = None
+        self.lr_scale = 1.0              # plateau/step decays accumulate here
+        self.best_valid = math.inf
+        self.bad_validations = 0
+        self.elapsed = 0.0               # seconds of training so far, across resumes
+        self.tokens_seen = 0
+        self.last_valid_step = -1
+        self.stop_reason = ""
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,) if self.hidden is not None else ()
+        return {
+            "step": self.step, "epoch": self.epoch, "column": self.column,
+            "hidden": [h.detach().cpu() for h in hidden], "hidden_is_pair": isinstance(self.hidden, tuple),
+            "lr_scale": self.lr_scale, "best_valid": self.best_valid, "bad_validations": self.bad_validations,
+            "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "last_valid_step": self.last_valid_step,
+            "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
+            "train_config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("step", "epoch", "column", "lr_scale", "best_valid", "bad_validations", "elapsed",
+                    "tokens_seen", "last_valid_step"):
+            setattr(self, key, state[key])
+        hidden = [h.to(self.device) for h in state["hidden"]]
+        self.hidden = tuple(hidden) if state["hidden_is_pair"] else (hidden[0] if hidden else None)
+        if self.hidden is not None and (hidden[0].size(1) != self.cfg.batch_size):
+            raise RnnlabError(f"the checkpoint was trained with --batch-size {hidden[0].size(1)}; "
+                              f"resume with the same batch size")
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+
+    # -- learning rate ---------------------------------------------------------------------------
+
+    def progress_fraction(self) -> float:
+        fractions = [0.0]
+        if self.cfg.max_steps:
+            fractions.append(self.step / self.cfg.max_steps)
+        if self.cfg.epochs:
+            fractions.append(self.step / (self.cfg.epochs * self.steps_per_epoch))
+        if self.cfg.time_budget:
+            fractions.append(self.elapsed / (60 * self.cfg.time_budget))
+        return min(1.0, max(fractions))
+
+    def current_lr(self) -> float:
+        cfg = self.cfg
+        lr = cfg.lr * self.lr_scale
+        if cfg.warmup and self.step < cfg.warmup:
+            lr *= (self.step + 1) / cfg.warmup
+        if cfg.schedule == "cosine":
+            p = self.progress_fraction()
+            lr *= cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * p))
+        return lr
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        cfg = self.cfg
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            self.stop_reason = f"reached --max-steps {cfg.max_steps}"
+        elif cfg.epochs is not None and self.epoch >= cfg.epochs:
+            self.stop_reason = f"finished {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
+        elif cfg.time_budget is not None and self.elapsed >= 60 * cfg.time_budget:
+            self.stop_reason = f"used the --time-budget of {cfg.time_budget:g} min"
+        elif cfg.patience is not None and self.bad_validations >= cfg.patience:
+            self.stop_reason = f"early stop: no improvement in {cfg.patience} validations"
+        return bool(self.stop_reason)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
+        _, loss, hidden = self.net(x, self.hidden, targets=y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # global-norm clipping rescales the whole gradient when it explodes (Pascanu et al. 2013)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip if self.cfg.clip else math.inf)
+        loss_value, grad_value = loss.item(), grad_norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            if not self.cfg.skip_nonfinite:
+                raise TrainingDiverged(
+                    f"the loss became {'nan' if math.isnan(loss_value) else loss_value} at step {self.step + 1} "
+                    f"(lr {lr:.3g}); the last good checkpoint is in {self.out}; try --clip 1.0 or a lower --lr "
+                    f"(or --skip-nonfinite to skip such steps)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.log(f"step {self.step + 1}: non-finite loss or gradient, step skipped")
+            self.hidden = None
+        else:
+            self.optimizer.step()
+            self.hidden = hidden
+        self.step += 1
+        return loss_value, grad_value
+
+    def validate(self) -> float | None:
+        if self.valid_ids is None:
+            return None
+        loss, _ = stream_loss(self.net, self.valid_ids, batch_size=self.cfg.eval_batch_size, device=self.device)
+        self.net.train()
+        self.last_valid_step = self.step
+        improved = loss < self.best_valid
+        if improved:
+            self.best_valid, self.bad_validations = loss, 0
+            self.save_best()
+        else:
+            self.bad_validations += 1
+            if self.cfg.schedule == "plateau":
+                self.lr_scale *= self.cfg.lr_decay
+        self.write_metrics({"step": self.step, "epoch": self.epoch, "valid_loss": loss,
+                            "valid_ppl": math.exp(min(loss, 700)), "lr": self.current_lr(),
+                            "elapsed": round(self.elapsed, 2)})
+        self.log(f"step {self.step:>7} | epoch {self.epoch} | valid loss {loss:.4f} | "
+                 f"ppl {math.exp(min(loss, 700)):.2f}{' | best' if improved else ''}")
+        return loss
+
+    def save_best(self) -> None:
+        checkpoint.save_checkpoint(self.out, self.net, self.state_dict(), self.run_config, self.lm.tokenizer.to_dict())
+
+    def save_last(self) -> None:
+        checkpoint.save_last(self.out, self.net, self.state_dict(), self.run_config, self.lm.tokenizer.to_dict())
+
+    def write_metrics(self, record: dict) -> None:
+        with open(self.out / checkpoint.METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def sample(self) -> None:
+        text = self.lm.generate(length=200 if self.lm.tokenizer.kind == "char" else 50,
+                                temperature=0.8, seed=self.step)
+        self.net.train()
+        self.log(f"--- sample at step {self.step} ---\n{text}\n---")
+
+    def run(self) -> None:
+        cfg = self.cfg
+        self.net.train()
+        if not (self.out / checkpoint.WEIGHTS).exists():
+            self.save_best()  # from the first moment, the directory holds a model that loads
+            self.save_last()
+        by_time = cfg.time_budget is not None and cfg.epochs is None and cfg.max_steps is None
+        total = (60 * cfg.time_budget if by_time else
+                 min(x for x in (cfg.max_steps, cfg.epochs and cfg.epochs * self.steps_per_epoch) if x))
+        bar = tqdm(total=total, initial=min(self.elapsed if by_time else self.step, total),
+                   unit="s" if by_time else "step", disable=not self.progress, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]"
+                   if by_time else None, file=sys.stderr, desc="train")
+        window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        with bar, _StopSignals() as stop:
+            tick = time.perf_counter()
+            while not self.done():
+                for column, x, y in windows(self.train_data, cfg.bptt, start=self.column):
+                    loss, grad_norm = self.train_step(x, y)
+                    self.column = column + cfg.bptt
+                    now = time.perf_counter()
+                    self.elapsed += now - tick
+                    tick = now
+                    self.tokens_seen += y.numel()
+                    window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + y.numel()
+                    bar.n = min(self.elapsed, total) if by_time else self.step
+                    if self.step % cfg.log_every == 0 or window_steps == 1 and self.step == 1:
+                        tok_s = window_tokens / max(now - window_start, 1e-9)
+                        mean = window_loss / window_steps
+                        bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
+                                        lr=f"{self.current_lr():.2g}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                        self.write_metrics({"step": self.step, "epoch": self.epoch, "train_loss": mean,
+                                            "train_ppl": math.exp(min(mean, 700)), "lr": self.current_lr(),
+                                            "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                                            "elapsed": round(self.elapsed, 2)})
+                        window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
+                    if self.step % 10 == 0:
+                        bar.refresh()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self.validate()
+                        self.save_last()
+                    elif cfg.save_every and self.step % cfg.save_every == 0:
+                        self.save_last()
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.sample()
+                    if stop.requested or self.done():
+                        break
+                else:
+                    self.epoch += 1
+                    self.column, self.hidden = 0, None
+                    if cfg.schedule == "step" and self.epoch >= cfg.decay_start:
+                        self.lr_scale *= cfg.lr_decay
+                    if not cfg.eval_every:
+                        self.validate()
+                        self.save_last()
+                if stop.requested:
+                    self.stop_reason = "interrupted"
+                    break
+            if stop.requested:
+                self.save_last()
+                raise TrainingInterrupted(
+                    f"{stop.requested} at step {self.step}: checkpoint saved in {self.out / checkpoint.LAST}; "
+                    f"resume with: rnnlab train --resume {self.out}")
+            if self.last_valid_step != self.step:
+                self.validate()
+            self.save_last()
+        self.log(f"stopped: {self.stop_reason} (step {self.step}, {self.elapsed / 60:.1f} min)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+_TOKENIZER_OPTIONS = ("level", "max_vocab", "min_freq", "lowercase")
+_CORPUS_OPTIONS = ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+
+
+def _sha256(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    model_keys = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(options) - model_keys - train_keys
+    if unknown:
+        raise RnnlabError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return ({k: v for k, v in options.items() if k in model_keys},
+            {k: v for k, v in options.items() if k in train_keys})
+
+
+def model_card(config: dict, lm: LanguageModel) -> str:
+    m, t, c, r = config["model"], config["train"], config["corpus"], config.get("results", {})
+    unit = "character" if config["tokenizer"]["level"] == "char" else "token"
+    lines = [
+        f"# rnnlab model: {m['layers']}x{m['hidden']} {m['cell'].upper()} on {c['name']}", "",
+        f"- corpus: {c['name']} ({c['train_tokens']:,} training tokens; valid {c.get('valid_tokens') or 'none'}; "
+        f"test {c.get('test_tokens') or 'none'})",
+        f"- tokenizer: {config['tokenizer']['level']} level, vocabulary {lm.tokenizer.vocab_size:,}",
+        f"- model: {m['cell']}, {m['layers']} layer(s) of {m['hidden']}, input {m['input']}"
+        f"{'' if m['input'] == 'onehot' else ' (embed ' + str(m['embed_dim']) + ')'}, dropout {m['dropout']}, "
+        f"tied weights {m['tie_weights']}; {lm.net.num_parameters():,} parameters",
+        f"- training: {t['optimizer']} lr {t['lr']} ({t['schedule']}), batch {t['batch_size']} x bptt {t['bptt']}, "
+        f"clip {t['clip']}; {config.get('steps', 0):,} steps in {config.get('train_seconds', 0) / 60:.1f} min "
+        f"({config.get('stop_reason', '')})",
+        f"- command: `{config.get('command', '')}`", "", "## Results (best checkpoint, one stream)", "",
+        f"| split | loss (nats/{unit}) | perplexity | bits per {unit} | tokens |", "|---|---:|---:|---:|---:|",
+    ]
+    for split, res in r.items():
+        lines.append(f"| {split} | {res['loss']:.4f} | {res['perplexity']:.2f} | {res['bits_per_token']:.4f} | "
+                     f"{res['tokens']:,} |")
+    lines += ["", "Load it with `rnnlab.load(DIR)` or `rnnlab generate DIR`.", ""]
+    return "\n".join(lines)
+
+
+def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None = None, *,
+          level: str = "char", max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
+          valid: str | None = None, test: str | None = None, valid_fraction: float | None = None,
+          glob: str = "*.txt", encoding: str = "utf-8", pretokenized: bool | None = None,
+          resume: str | Path | None = None, overwrite: bool = False, progress: bool = True,
+          command: str | None = None, log=None, **options) -> LanguageModel:
+    """Train a recurrent language model and return it (the best checkpoint).
+
+    `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list
+    of paths, or a `Corpus`. `options` are `ModelConfig` fields (cell, hidden, layers, ...) and
+    `TrainConfig` fields (lr, batch_size, bptt, epochs, time_budget, ...). With `resume`, the run in
+    that directory continues from its last checkpoint; its corpus is reused if none is given.
+    """
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    model_options, train_options = _split_options(options)
+    saved = None
+    if resume is not None:
+        out = Path(resume)
+        saved = checkpoint.read_config(out)
+        if saved.get("model_type", "rnn") != "rnn":
+            raise RnnlabError(f"{out} holds a {saved.get('model_type')} model, not an RNN; it cannot be resumed here")
+        clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
+                   for k, v in model_options.items() if k in saved["model"] and saved["model"][k] != v]
+        tok = saved["tokenizer"]
+        clashes += [f"--{k.replace('_', '-')} {v} (the run has {tok[k]})"
+                    for k, v in (("level", level), ("max_vocab", max_vocab), ("min_freq", min_freq),
+                                 ("lowercase", lowercase)) if k in tok and tok[k] != v and
+                    v != {"level": "char", "max_vocab": 20_000, "min_freq": 1, "lowercase": False}[k]]
+        if clashes:
+            raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
+                              f"drop those options or train a new model with --out")
+        level, max_vocab, min_freq, lowercase = (tok[k] for k in _TOKENIZER_OPTIONS)
+        if corpus is None:
+            c = saved["corpus"]
+            corpus = c["sources"]
+            valid, test, valid_fraction, glob, encoding, pretokenized = (c.get(k) for k in _CORPUS_OPTIONS)
+    if corpus is None:
+        raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
+    if not isinstance(corpus, Corpus):
+        corpus = load_corpus(corpus, valid=valid, test=test, valid_fraction=valid_fraction, glob=glob,
+                             encoding=encoding, pretokenized=pretokenized, progress=progress)
+
+    if saved is not None:
+        tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
+        model_config = ModelConfig.from_dict(saved["model"])
+        train_config = TrainConfig(**{**saved["train"], **train_options})
+    else:
+        tokenizer = build_tokenizer(level, corpus.train, max_vocab=max_vocab, min_freq=min_freq,
+                                    lowercase=lowercase, pretokenized=corpus.pretokenized)
+        model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
+        train_config = TrainConfig(**train_options)
+    train_ids = tokenizer.encode(corpus.train)
+    valid_ids = tokenizer.encode(corpus.valid) if corpus.valid else None
+    test_ids = tokenizer.encode(corpus.test) if corpus.test else None
+    if saved is not None and saved["corpus"].get("train_sha256") not in (None, _sha256(train_ids)):
+        raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
+
+    if out is None:
+        out = Path("runs") / f"{corpus.name.replace(', ', '+').replace('/', '_')}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if saved is not None else checkpoint.prepare_out_dir(Path(out), overwrite=overwrite)
+
+    seed_everything(train_config.seed)
+    device = pick_device(train_config.device)
+    net = RNNLM(model_config)
+    lm = LanguageModel(net, tokenizer, {}, out).to(device)
+    run_config = {
+        "rnnlab_version": __version__, "model_type": "rnn",
+        "model": model_config.to_dict(), "train": asdict(train_config),
+        "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
+        "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": valid, "test": test,
+                   "valid_fraction": valid_fraction, "glob": glob, "encoding": encoding,
+                   "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
+                   "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
+                   "test_tokens": None if test_ids is None else len(test_ids)},
+        "command": command or (saved or {}).get("command", ""),
+    }
+    lm.config = run_config
+    trainer = Trainer(lm, train_ids, valid_ids, train_config, out, run_config, progress=progress, log=log)
+    if saved is not None:
+        last = checkpoint.resume_dir(out)
+        checkpoint.load_weights(net, last)
+        trainer.load_state_dict(checkpoint.load_state(last))
+        _truncate_metrics(out / checkpoint.METRICS, trainer.step)
+        log(f"resuming {out} from step {trainer.step} (epoch {trainer.epoch})")
+    else:
+        log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
+            f"train {len(train_ids):,} tokens | valid {0 if valid_ids is None else len(valid_ids):,} | "
+            f"test {0 if test_ids is None else len(test_ids):,}")
+        log(f"model: {model_config.layers}x{model_config.hidden} {model_config.cell} | input {model_config.input} | "
+            f"{net.num_parameters():,} parameters | device {device}")
+        log("config: " + " ".join(f"{k}={v}" for k, v in asdict(train_config).items() if v is not None))
+        log(f"writing to {out}")
+    trainer.run()
+
+    # the model a user gets is the best one; report it on one stream of valid and test
+    checkpoint.load_weights(net, out)
+    net.to(device).eval()
+    results = {}
+    for split, ids in (("valid", valid_ids), ("test", test_ids)):
+        if ids is not None and len(ids) > 1:
+            results[split] = summarize(*stream_loss(net, ids, batch_size=1, device=device))
+            log(f"{split}: loss {results[split]['loss']:.4f} | ppl {results[split]['perplexity']:.2f} | "
+                f"bits/{'char' if tokenizer.kind == 'char' else 'token'} {results[split]['bits_per_token']:.4f}")
+    run_config.update(results=results, steps=trainer.step, train_seconds=round(trainer.elapsed, 1),
+                      stop_reason=trainer.stop_reason)
+    checkpoint.write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
+    checkpoint.write_text(out / checkpoint.CARD, model_card(run_config, lm))
+    return lm
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metrics logged after the checkpoint so the curve has no duplicate steps."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+    checkpoint.write_text(path, "".join(line + "\n" for line in kept))
