@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", default=SUPPRESS, help="continue the run in DIR from its last checkpoint")
     _add_corpus_options(p)
     g = p.add_argument_group("encoding")
-    g.add_argument("--level", choices=["char", "word"], default=SUPPRESS, help="token level (default: char)")
+    g.add_argument("--level", default=SUPPRESS, help="char | word (default: char)")
     g.add_argument("--max-vocab", type=int, default=SUPPRESS, help="word level: vocabulary cap incl. <unk>, <eos> (default: 20000)")
     g.add_argument("--min-freq", type=int, default=SUPPRESS, help="word level: drop words seen fewer times (default: 1)")
     g.add_argument("--lowercase", action="store_true", default=SUPPRESS, help="word level: lowercase the text")
-    g.add_argument("--input", choices=["learned", "onehot"], default=SUPPRESS,
+    g.add_argument("--input", default=SUPPRESS,
                    help=f"input layer: learned embedding or the textbook's one-hot x_t (default: {model_d['input']})")
     g.add_argument("--embed-dim", type=int, default=SUPPRESS, help=f"embedding width (default: {model_d['embed_dim']})")
     g = p.add_argument_group("model")

@@ -245,7 +245,7 @@ def fetch(remote: RemoteFile, *, progress: bool = True) -> Path:
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
+        digest, received = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {remote.path}",
@@ -253,9 +253,10 @@ def fetch(remote: RemoteFile, *, progress: bool = True) -> Path:
                 while block := response.read(1 << 16):
                     out.write(block)
                     digest.update(block)
+                    received += len(block)
                     bar.update(len(block))
-            if total is not None and bar.n != total:
-                raise RnnlabError(f"download of {url} stopped after {bar.n} of {total} bytes; run again to retry")
+            if total is not None and received != total:
+                raise RnnlabError(f"download of {url} stopped after {received} of {total} bytes; run again to retry")
         if digest.hexdigest() != remote.sha256:
             raise RnnlabError(f"checksum mismatch for {url} (got sha256 {digest.hexdigest()[:16]}..., "
                               f"expected {remote.sha256[:16]}...); nothing was cached, run again to retry")

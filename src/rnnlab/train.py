@@ -256,7 +256,7 @@ class Trainer:
         return bool(self.stop_reason)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        lr = self.current_lr()
+        lr = self.lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
@@ -349,9 +349,9 @@ class Trainer:
                         tok_s = window_tokens / max(now - window_start, 1e-9)
                         mean = window_loss / window_steps
                         bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 700)):.1f}",
-                                        lr=f"{self.current_lr():.2g}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                                        lr=f"{self.lr:.2g}", tok_s=f"{tok_s:,.0f}", refresh=False)
                         self.write_metrics({"step": self.step, "epoch": self.epoch, "train_loss": mean,
-                                            "train_ppl": math.exp(min(mean, 700)), "lr": self.current_lr(),
+                                            "train_ppl": math.exp(min(mean, 700)), "lr": self.lr,
                                             "grad_norm": grad_norm, "tokens_per_s": tok_s,
                                             "elapsed": round(self.elapsed, 2)})
                         window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now

@@ -1,0 +1,104 @@
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from rnnlab import checkpoint
+from rnnlab.errors import RnnlabError
+from rnnlab.lm import load
+from rnnlab.model import RNNLM, ModelConfig
+from rnnlab.tokenize import CharTokenizer
+
+
+def make_dir(path, tie=False):
+    tok = CharTokenizer.fit("hello world\n")
+    net = RNNLM(ModelConfig(vocab_size=tok.vocab_size, hidden=8, embed_dim=8, tie_weights=tie))
+    config = {"model_type": "rnn", "model": net.config.to_dict()}
+    path.mkdir()
+    checkpoint.save_checkpoint(path, net, {"step": 3, "w": torch.ones(2)}, config, tok.to_dict())
+    return net
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_weights_round_trip_exactly(tmp_path, tie):
+    net = make_dir(tmp_path / "m", tie)
+    lm = load(tmp_path / "m")
+    for (name, a), (_, b) in zip(net.state_dict().items(), lm.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path):
+    make_dir(tmp_path / "m")
+    state = {"step": 1}
+    net = RNNLM(ModelConfig(vocab_size=14, hidden=8, embed_dim=8))
+    checkpoint.save_last(tmp_path / "m", net, state, {}, {"type": "char", "vocab": []})
+    checkpoint.save_last(tmp_path / "m", net, state, {}, {"type": "char", "vocab": []})
+    assert (tmp_path / "m" / "last" / "model.safetensors").is_file()
+    assert not any(p.name.startswith(".") for p in (tmp_path / "m").rglob("*"))
+
+
+def test_training_state_loads_with_weights_only(tmp_path, monkeypatch):
+    make_dir(tmp_path / "m")
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert checkpoint.load_state(tmp_path / "m")["step"] == 3
+    assert calls and all(k.get("weights_only") is True for k in calls)
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    make_dir(tmp_path / "m")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"step": Evil()}, tmp_path / "m" / checkpoint.STATE)
+    with pytest.raises(RnnlabError, match="corrupt"):
+        checkpoint.load_state(tmp_path / "m")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_dir_falls_back_to_last_old_after_a_crash_mid_swap(tmp_path):
+    make_dir(tmp_path / "m")
+    net = RNNLM(ModelConfig(vocab_size=14, hidden=8, embed_dim=8))
+    checkpoint.save_last(tmp_path / "m", net, {"step": 5}, {}, {})
+    os.replace(tmp_path / "m" / "last", tmp_path / "m" / "last.old")  # the crash: old moved, new not yet in
+    assert checkpoint.resume_dir(tmp_path / "m") == tmp_path / "m" / "last.old"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]), "corrupt"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 64), "corrupt"),
+    (lambda d: (d / "config.json").write_text('{"format_version": 1, "model'), "not valid JSON"),
+    (lambda d: (d / "config.json").unlink(), "not a model directory"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"format_version": 99})), "newer rnnlab"),
+    (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
+    (lambda d: shutil.rmtree(d) or d.write_text("x"), "is a file"),
+])
+def test_damaged_model_directories_get_clear_errors(tmp_path, damage, message):
+    make_dir(tmp_path / "m")
+    damage(tmp_path / "m")
+    with pytest.raises(RnnlabError, match=message):
+        load(tmp_path / "m")
+
+
+def test_weights_of_another_shape_are_refused(tmp_path):
+    make_dir(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model"]["hidden"] = 16
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RnnlabError, match="does not match config.json"):
+        load(tmp_path / "m")
+
+
+def test_out_dir_with_a_model_is_never_clobbered(tmp_path):
+    make_dir(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    with pytest.raises(RnnlabError, match="already holds a model; pass --overwrite"):
+        checkpoint.prepare_out_dir(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before

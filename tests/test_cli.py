@@ -1,0 +1,89 @@
+"""The real `rnnlab` command, end to end, and its refusals: one line, non-zero exit, no traceback."""
+
+import json
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import shakespeare
+    root = tmp_path_factory.mktemp("cli")
+    (root / "corpus.txt").write_text(shakespeare(30_000))
+    out = root / "model"
+    result = run_cli("train", root / "corpus.txt", "--out", out, "--max-steps", "40", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stderr and f"model saved in {out}" in result.stdout
+    return out
+
+
+def test_evaluate_json_has_the_documented_keys(model_dir):
+    result = run_cli("evaluate", model_dir, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"loss", "perplexity", "bits_per_token", "tokens"}
+    assert data["tokens"] > 2000 and abs(data["perplexity"] - 2.718281828 ** data["loss"]) < 1e-6 * data["perplexity"]
+
+
+def test_evaluate_prints_bits_per_character_for_char_models(model_dir):
+    result = run_cli("evaluate", model_dir)
+    assert result.returncode == 0 and "bits per character" in result.stdout and "perplexity" in result.stdout
+
+
+def test_generate_is_reproducible_with_seed_and_writes_out_file(model_dir, tmp_path):
+    args = ("generate", model_dir, "--prompt", "ROMEO:", "--length", "60", "--seed", "3")
+    first, second = run_cli(*args, "--out", tmp_path / "o.txt"), run_cli(*args)
+    assert first.returncode == 0 and first.stdout == second.stdout and first.stdout.startswith("ROMEO:")
+    assert (tmp_path / "o.txt").read_text().strip() == first.stdout.strip()
+
+
+def test_num_samples(model_dir):
+    result = run_cli("generate", model_dir, "--length", "20", "--num-samples", "3", "--seed", "1")
+    assert result.returncode == 0 and result.stdout.count("-" * 40) == 2
+
+
+def test_info_shows_the_model_card(model_dir):
+    result = run_cli("info", model_dir)
+    assert result.returncode == 0 and "Results" in result.stdout and "valid" in result.stdout
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    for command in ("train", "evaluate", "generate", "corpora", "download", "info"):
+        assert command in result.stdout
+
+
+def _refused(result, pattern):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error:"), result.stderr
+    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+
+
+def test_bad_input_is_one_line_and_non_zero(tmp_path, model_dir):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02")
+    (tmp_path / "latin.txt").write_bytes("na\u00efve\n".encode("latin-1"))
+    (tmp_path / "short.txt").write_text("too short\n")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (("train", tmp_path / "missing.txt"), "no such file or folder"),
+        (("train", tmp_path / "empty.txt"), "is empty"),
+        (("train", tmp_path / "folder"), "no files matching"),
+        (("train", tmp_path / "bin.txt"), "binary"),
+        (("train", tmp_path / "latin.txt"), r"not valid utf-8 .*offset 2.*--encoding"),
+        (("train", tmp_path / "short.txt", "--valid", tmp_path / "short.txt", "--out", tmp_path / "s"), "fewer than one batch"),
+        (("train", tmp_path / "short.txt", "--cell", "lstmx"), "unknown cell"),
+        (("train", tmp_path / "short.txt", "--optimizer", "rmsprop"), "unknown optimizer"),
+        (("train", tmp_path / "short.txt", "--out", model_dir), "already holds a model; pass --overwrite"),
+        (("generate", model_dir, "--temperature", "0"), "temperature must be > 0"),
+        (("generate", model_dir, "--top-p", "1.5"), "top-p"),
+        (("generate", model_dir, "--top-k", "0"), "top-k"),
+        (("generate", tmp_path / "nope"), "no such model directory"),
+        (("evaluate", tmp_path / "folder"), "not a model directory"),
+    ]
+    for args, pattern in cases:
+        _refused(run_cli(*args), pattern)

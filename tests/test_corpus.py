@@ -1,0 +1,148 @@
+import hashlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA
+from rnnlab.corpus import NAMED, RemoteFile, cache_dir, fetch, load_corpus, pydocs_text, read_sources, tail_split
+from rnnlab.errors import RnnlabError
+
+
+def test_folder_is_read_recursively_in_sorted_order_with_glob(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("second\n")
+    (tmp_path / "1.txt").write_text("first")
+    (tmp_path / "skip.md").write_text("not text\n")
+    assert read_sources([str(tmp_path)]) == "first\nsecond\n"
+    assert read_sources([str(tmp_path)], glob="*.md") == "not text\n"
+
+
+def test_several_sources_are_concatenated(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "b.txt").write_text("beta\n")
+    assert read_sources([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]) == "alpha\nbeta\n"
+
+
+def test_crlf_is_normalised(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\rthree\n")
+    assert read_sources([str(tmp_path / "a.txt")]) == "one\ntwo\nthree\n"
+
+
+def test_wrong_encoding_names_file_and_offset(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(RnnlabError, match=r"latin.txt is not valid utf-8 .*offset 3.*--encoding"):
+        read_sources([str(path)])
+    assert read_sources([str(path)], encoding="latin-1") == "caf\u00e9 au lait\n"
+
+
+def test_binary_file_is_refused(tmp_path):
+    path = tmp_path / "image.txt"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    with pytest.raises(RnnlabError, match="binary"):
+        read_sources([str(path)])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.txt", "no such file or folder"),
+    (lambda p: (p / "empty.txt").write_text("  \n\n") and p / "empty.txt", "is empty"),
+    (lambda p: (p / "sub").mkdir() or p / "sub", "no files matching"),
+])
+def test_bad_sources_raise_one_clear_error(tmp_path, make, message):
+    with pytest.raises(RnnlabError, match=message):
+        read_sources([str(make(tmp_path))])
+
+
+def test_tail_split_is_contiguous_and_at_a_line_boundary():
+    text = "".join(f"line {i}\n" for i in range(1000))
+    train, valid = tail_split(text, 0.1)
+    assert train + valid == text
+    assert train.endswith("\n") and 0.08 < len(valid) / len(text) < 0.12
+
+
+def test_valid_and_test_files_override_the_split(tmp_path):
+    for name in ("train", "valid", "test"):
+        (tmp_path / f"{name}.txt").write_text(f"{name} text\n")
+    corpus = load_corpus(str(tmp_path / "train.txt"), valid=str(tmp_path / "valid.txt"), test=str(tmp_path / "test.txt"))
+    assert (corpus.train, corpus.valid, corpus.test) == ("train text\n", "valid text\n", "test text\n")
+
+
+def test_pydocs_is_english_deterministic_and_about_a_megabyte():
+    text = pydocs_text()
+    assert 900_000 <= len(text) <= 1_000_000
+    assert text.isascii() and " the " in text and "Return" in text
+    assert pydocs_text() == text  # second call reads the cache
+    corpus = load_corpus("pydocs")
+    assert corpus.train + corpus.valid == text
+
+
+# -- named corpora, downloaded from a local HTTP server ------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    truncate: set[str] = set()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        name = self.path.lstrip("/")
+        if name in self.truncate:  # promise the whole file, send a third of it, hang up
+            data = (DATA / name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 3])
+            self.wfile.flush()
+            self.connection.close()
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(DATA)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("RNNLAB_MIRROR", f"http://127.0.0.1:{server.server_port}/")
+    yield _Handler
+    _Handler.truncate = set()
+    server.shutdown()
+
+
+def test_named_corpus_downloads_verifies_and_splits(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    corpus = load_corpus("tinyshakespeare", progress=False)
+    assert (len(corpus.train), len(corpus.valid)) == (1_003_854, 111_540)  # nanoGPT's 90/10 split
+    assert corpus.valid.startswith("?\n\nGREMIO:\nGood morrow, neighbour Baptista.")
+    cached = tmp_path / "tinyshakespeare" / "input.txt"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == NAMED["tinyshakespeare"].files[0].sha256
+    ptb = load_corpus("ptb", progress=False)
+    assert ptb.pretokenized and len(ptb.valid.split()) == 70_390 and len(ptb.test.split()) == 78_669
+
+
+def test_wrong_checksum_leaves_nothing_in_the_cache(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    bad = RemoteFile("all", "tinyshakespeare/input.txt", "unused", "0" * 64)
+    with pytest.raises(RnnlabError, match="checksum mismatch"):
+        fetch(bad, progress=False)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_interrupted_download_leaves_no_half_file(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    mirror.truncate = {"ptb/ptb.valid.txt"}
+    with pytest.raises(RnnlabError, match="cannot download|stopped after"):
+        load_corpus("ptb", progress=False)
+    assert not (tmp_path / "ptb" / "ptb.valid.txt").exists()
+    assert not list(tmp_path.rglob("*.part"))
+    mirror.truncate = set()
+    assert load_corpus("ptb", progress=False).valid  # a retry succeeds
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == Path(tmp_path / "c")

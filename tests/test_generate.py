@@ -1,0 +1,108 @@
+import warnings
+
+import pytest
+import torch
+
+from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.generate import next_token
+from rnnlab.lm import MAX_PROMPT_TOKENS, LanguageModel
+from rnnlab.model import RNNLM, ModelConfig
+from rnnlab.tokenize import CharTokenizer, WordTokenizer
+
+
+def char_lm(text="abcdefgh \n"):
+    torch.manual_seed(0)
+    tok = CharTokenizer.fit(text)
+    return LanguageModel(RNNLM(ModelConfig(vocab_size=tok.vocab_size, hidden=16, embed_dim=8)), tok, {})
+
+
+def word_lm():
+    torch.manual_seed(0)
+    tok = WordTokenizer.fit("the cat sat on the mat , and the dog ran .\n")
+    return LanguageModel(RNNLM(ModelConfig(vocab_size=tok.vocab_size, hidden=16, embed_dim=8)), tok, {})
+
+
+def test_same_seed_same_text_and_another_seed_other_text():
+    lm = char_lm()
+    assert lm.generate("abc", length=80, seed=7) == lm.generate("abc", length=80, seed=7)
+    assert lm.generate("abc", length=80, seed=7) != lm.generate("abc", length=80, seed=8)
+
+
+def test_output_starts_with_the_prompt_and_has_the_asked_length():
+    lm = char_lm()
+    text = lm.generate("abc", length=50, seed=1)
+    assert text.startswith("abc") and len(text) == 53
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    lm = char_lm()
+    greedy = lm.generate("ab", length=40, greedy=True)
+    assert lm.generate("ab", length=40, top_k=1, seed=3) == greedy
+    assert lm.generate("ab", length=40, top_p=1e-6, seed=4) == greedy
+
+
+def test_top_k_and_top_p_only_ever_sample_inside_their_sets():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(next_token(logits, top_k=2, generator=g).tolist()) == {0, 1}
+    assert set(next_token(logits, top_p=0.7, generator=g).tolist()) == {0, 1}   # 0.5 + 0.3 reaches 0.7
+    assert set(next_token(logits, top_p=0.9, generator=g).tolist()) == {0, 1, 2}
+    low = next_token(logits, temperature=0.1, generator=g)
+    assert (low == 0).float().mean() > 0.95     # a cold temperature sharpens towards the mode
+
+
+def test_sampling_frequencies_follow_the_model_distribution():
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    draws = next_token(probs.log().repeat(20000, 1), generator=torch.Generator().manual_seed(1))
+    freq = torch.bincount(draws, minlength=3).float() / 20000
+    assert torch.allclose(freq, probs, atol=0.015)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"temperature": 0}, "temperature must be > 0"), ({"top_k": 0}, "top-k must be at least 1"),
+    ({"top_p": 1.5}, r"top-p must be in \(0, 1\]"), ({"top_p": 0}, "top-p"),
+])
+def test_bad_sampling_options_are_clear_errors(options, message):
+    with pytest.raises(RnnlabError, match=message):
+        char_lm().generate("a", length=5, **options)
+
+
+def test_unknown_prompt_word_maps_to_unk_with_warning():
+    lm = word_lm()
+    with pytest.warns(RnnlabWarning, match=r"1 prompt word not in the vocabulary, read as <unk>: 'unicorn'"):
+        text = lm.generate("the unicorn", length=5, seed=0)
+    assert text.startswith("the unicorn")
+
+
+def test_no_prompt_starts_from_a_random_vocabulary_word():
+    lm = word_lm()
+    starts = {lm.generate(length=0, seed=s) for s in range(30)}
+    assert len(starts) > 3 and starts <= set(lm.tokenizer.vocab[2:])
+
+
+def test_overlong_prompt_is_truncated_with_a_warning():
+    lm = char_lm()
+    with pytest.warns(RnnlabWarning, match=f"keeping the last {MAX_PROMPT_TOKENS}"):
+        ids = lm.encode_prompt("ab" * MAX_PROMPT_TOKENS)
+    assert len(ids) == MAX_PROMPT_TOKENS
+
+
+def test_word_prompt_has_no_trailing_eos():
+    lm = word_lm()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lm.encode_prompt("the cat")[-1] != lm.tokenizer.eos_id
+        assert lm.encode_prompt("the cat\n")[-1] == lm.tokenizer.eos_id
+
+
+def test_streamed_generation_equals_rerunning_the_whole_prefix():
+    """Carrying the hidden state is exact: the logits match a fresh pass over the whole text."""
+    lm = char_lm()
+    ids = lm.encode_prompt("abc")
+    from rnnlab.generate import sample_ids
+    new = [int(t) for t in sample_ids(lm.net, torch.tensor([ids]), 20, greedy=True)]
+    seq = list(ids)
+    for _ in range(20):
+        logits, _, _ = lm.net(torch.tensor([seq]))
+        seq.append(int(logits[0, -1].argmax()))
+    assert seq[len(ids):] == new

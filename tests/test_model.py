@@ -1,0 +1,61 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.errors import RnnlabError
+from rnnlab.model import RNNLM, ModelConfig
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
+def test_forward_shapes_and_loss_is_mean_cross_entropy(cell):
+    net = RNNLM(ModelConfig(vocab_size=11, cell=cell, hidden=8, embed_dim=6, layers=2))
+    idx, targets = torch.randint(11, (3, 5)), torch.randint(11, (3, 5))
+    logits, loss, hidden = net(idx, targets=targets)
+    assert logits.shape == (3, 5, 11)
+    assert torch.allclose(loss, F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1)))
+    h = hidden[0] if cell == "lstm" else hidden
+    assert h.shape == (2, 3, 8)
+
+
+def test_hidden_state_carries_across_calls():
+    net = RNNLM(ModelConfig(vocab_size=7, cell="gru", hidden=8, embed_dim=4))
+    idx = torch.randint(7, (2, 10))
+    whole, _, _ = net(idx)
+    first, _, hidden = net(idx[:, :4])
+    second, _, _ = net(idx[:, 4:], hidden)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_onehot_input_is_the_textbook_product_with_a_onehot_vector(cell):
+    """W x_t with x_t one-hot, computed by an nn.RNN that really multiplies one-hot vectors."""
+    V, H = 9, 5
+    net = RNNLM(ModelConfig(vocab_size=V, cell=cell, input="onehot", hidden=H, layers=1)).double()
+    reference = type(net.rnn)(V, H, batch_first=True, **({"nonlinearity": "tanh"} if cell == "rnn" else {})).double()
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(net.encoder.weight.T)     # W: (gates*H, V), column i = table row i
+        reference.bias_ih_l0.zero_()
+        reference.weight_hh_l0.copy_(net.rnn.weight_hh_l0)
+        reference.bias_hh_l0.copy_(net.rnn.bias_hh_l0)
+    idx = torch.randint(V, (2, 6))
+    ours, _ = net.rnn(net.encoder(idx))
+    theirs, _ = reference(F.one_hot(idx, V).double())
+    assert torch.allclose(ours, theirs, atol=1e-12)
+    assert not net.rnn.weight_ih_l0.requires_grad
+
+
+def test_tied_weights_share_one_tensor_and_count_once():
+    tied = RNNLM(ModelConfig(vocab_size=50, hidden=16, embed_dim=16, tie_weights=True))
+    untied = RNNLM(ModelConfig(vocab_size=50, hidden=16, embed_dim=16))
+    assert tied.decoder.weight is tied.encoder.weight
+    assert untied.num_parameters() - tied.num_parameters() == 50 * 16
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"cell": "transformer"}, "unknown cell"), ({"input": "glove"}, "unknown input"),
+    ({"hidden": 0}, "hidden must be at least 1"), ({"dropout": 1.5}, "dropout"),
+    ({"tie_weights": True, "hidden": 8, "embed_dim": 4}, "tie-weights"),
+])
+def test_bad_model_options_are_clear_errors(options, message):
+    with pytest.raises(RnnlabError, match=message):
+        ModelConfig(vocab_size=10, **options)

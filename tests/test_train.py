@@ -1,0 +1,127 @@
+import json
+import math
+
+import pytest
+import torch
+
+import rnnlab
+from conftest import shakespeare
+from rnnlab import checkpoint
+from rnnlab.corpus import Corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.train import TrainConfig, TrainingDiverged
+
+TINY = dict(hidden=32, embed_dim=16, layers=1, batch_size=8, bptt=32, progress=False, log=lambda m: None)
+
+
+def corpus(chars=30_000):
+    text = shakespeare(chars)
+    cut = int(len(text) * 0.9)
+    return Corpus("shakespeare-slice", text[:cut], text[cut:])
+
+
+def metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_a_model_directory(tmp_path):
+    lm = rnnlab.train(corpus(), tmp_path / "m", max_steps=150, lr=1e-2, eval_every=50, log_every=10, **TINY)
+    records = metrics(tmp_path / "m")
+    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+    valid_losses = [r["valid_loss"] for r in records if "valid_loss" in r]
+    assert train_losses[-1] < train_losses[0] - 1.0          # from ~ln(V) = 4 nats to well below 3
+    assert valid_losses[-1] < math.log(lm.tokenizer.vocab_size) - 1.0
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "training_state.pt", "README.md",
+                 "last/model.safetensors", "last/training_state.pt"):
+        assert (tmp_path / "m" / name).is_file(), name
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["format_version"] == checkpoint.FORMAT_VERSION and config["results"]["valid"]["tokens"] > 0
+    record = next(r for r in records if "train_loss" in r)
+    assert {"step", "train_loss", "train_ppl", "lr", "grad_norm", "tokens_per_s"} <= set(record)
+
+
+def test_loaded_model_is_the_best_checkpoint_and_evaluates_the_same(tmp_path):
+    lm = rnnlab.train(corpus(), tmp_path / "m", max_steps=60, eval_every=30, **TINY)
+    loaded = rnnlab.load(tmp_path / "m")
+    text = corpus().valid
+    assert loaded.evaluate(text) == pytest.approx(lm.evaluate(text))
+    assert rnnlab.evaluate(tmp_path / "m", text=text)["loss"] == pytest.approx(loaded.evaluate(text)["loss"])
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["results"]["valid"]
+    assert saved["loss"] == pytest.approx(loaded.evaluate(text)["loss"], rel=1e-6)
+
+
+def test_time_budget_stops_cleanly_and_still_saves(tmp_path):
+    rnnlab.train(corpus(), tmp_path / "m", time_budget=0.05, **TINY)  # 3 seconds
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "time-budget" in config["stop_reason"]
+    assert config["train_seconds"] < 10 and "valid" in config["results"]
+
+
+def test_early_stopping_after_patience_bad_validations(tmp_path):
+    # a learning rate this large cannot improve after the first validation
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=400, eval_every=5, patience=2, lr=5.0, optimizer="sgd",
+                 clip=None, skip_nonfinite=True, **TINY)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["stop_reason"].startswith("early stop") and config["steps"] < 400
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau", "step", "constant"])
+def test_learning_rate_schedules(tmp_path, schedule):
+    rnnlab.train(corpus(), tmp_path / "m", epochs=6, schedule=schedule, lr=1e-2, lr_decay=0.5, decay_start=2,
+                 eval_every=None, log_every=1, **{**TINY, "batch_size": 32, "bptt": 100})
+    lrs = [r["lr"] for r in metrics(tmp_path / "m") if "train_loss" in r]
+    if schedule == "constant":
+        assert set(lrs) == {1e-2}
+    elif schedule == "cosine":
+        assert lrs[0] == pytest.approx(1e-2) and lrs[-1] < 0.15e-2 and lrs == sorted(lrs, reverse=True)
+    elif schedule == "step":
+        assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-2 * 0.5 ** 4)  # epochs 3..6 decayed
+    else:
+        assert lrs == sorted(lrs, reverse=True)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
+    # constant lr: a cosine schedule over max_steps=14 would differ from one over 30 by design
+    options = dict(TINY, dropout=0.2, layers=2, log_every=1, save_every=7, eval_every=11, schedule="constant")
+    rnnlab.train(corpus(), tmp_path / "full", max_steps=30, **options)
+    rnnlab.train(corpus(), tmp_path / "part", max_steps=14, **options)
+    rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=30, progress=False, log=lambda m: None)
+    full = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "full") if "train_loss" in r}
+    part = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "part") if "train_loss" in r}
+    assert sorted(part) == list(range(1, 31))
+    for step in range(1, 31):
+        assert part[step] == pytest.approx(full[step], abs=1e-6), step
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=5, **TINY)
+    with pytest.raises(RnnlabError, match="different model: --cell gru"):
+        rnnlab.train(resume=tmp_path / "m", cell="gru", max_steps=10, progress=False)
+
+
+def test_corpus_shorter_than_one_batch_says_the_minimum(tmp_path):
+    with pytest.raises(RnnlabError, match="fewer than one batch needs"):
+        rnnlab.train(Corpus("tiny", "abcdefghij", "abcdefghij"), tmp_path / "m", batch_size=8, progress=False)
+
+
+def test_nan_loss_stops_with_step_and_lr_and_keeps_the_last_good_model(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step \d+ \(lr 100\).*--clip"):
+        # an unclipped ReLU RNN with a huge learning rate blows up within a few steps
+        rnnlab.train(corpus(), tmp_path / "m", max_steps=200, lr=100, cell="rnn-relu", optimizer="sgd", clip=None,
+                     **TINY)
+    assert rnnlab.load(tmp_path / "m").evaluate(corpus().valid)["loss"] < 10  # the step-0 model, intact
+
+
+def test_train_config_validates_options():
+    with pytest.raises(RnnlabError, match="unknown optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(RnnlabError, match="--bptt must be at least 1"):
+        TrainConfig(bptt=0)
+    assert TrainConfig().epochs == 10  # some limit always applies
+
+
+def test_word_level_training_and_generation(tmp_path):
+    lm = rnnlab.train(corpus(), tmp_path / "w", level="word", max_steps=20, **TINY)
+    assert lm.tokenizer.kind == "word"
+    text = rnnlab.load(tmp_path / "w").generate("The king", length=20, seed=3)
+    assert text.startswith("The king") and " ," not in text
