@@ -36,6 +36,7 @@ from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau", "step")
+QUICK_EVAL_TOKENS = 200_000  # on Ctrl-C, validate before exiting only if it takes seconds
 
 
 @dataclass
@@ -379,6 +380,9 @@ class Trainer:
                     break
             if stop.requested:
                 self.save_last()
+                quick = self.valid_ids is not None and len(self.valid_ids) <= QUICK_EVAL_TOKENS
+                if quick and self.last_valid_step != self.step:
+                    self.validate()  # a few seconds at most; keeps the best model up to date
                 raise TrainingInterrupted(
                     f"{stop.requested} at step {self.step}: checkpoint saved in {self.out / checkpoint.LAST}; "
                     f"resume with: rnnlab train --resume {self.out}")
