@@ -149,18 +149,21 @@ def test_dropout_acts_between_layers_only_and_only_in_training():
     assert not torch.allclose(out, torch.stack(plain[1], 1))    # layer 1 sees a dropped-out layer 0
 
 
-@pytest.mark.parametrize("ours, theirs", [
-    (lambda: RNNCell(I, H), lambda: nn.RNNCell(I, H)),
-    (lambda: RNNCell(I, H, nonlinearity="relu"), lambda: nn.RNNCell(I, H, nonlinearity="relu")),
-    (lambda: LSTMCell(I, H), lambda: nn.LSTMCell(I, H)),
-    (lambda: GRUCell(I, H), lambda: nn.GRUCell(I, H)),
-])
-def test_single_step_cells_match_torch_cells(ours, theirs):
+SINGLE_STEP = {  # cell -> (ours, torch's)
+    "rnn": (lambda: RNNCell(I, H), lambda: nn.RNNCell(I, H)),
+    "rnn-relu": (lambda: RNNCell(I, H, nonlinearity="relu"), lambda: nn.RNNCell(I, H, nonlinearity="relu")),
+    "lstm": (lambda: LSTMCell(I, H), lambda: nn.LSTMCell(I, H)),
+    "gru": (lambda: GRUCell(I, H), lambda: nn.GRUCell(I, H)),
+}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_step_cells_match_torch_cells(cell):
     torch.manual_seed(7)
-    ours, theirs = ours().double(), theirs().double()
+    ours, theirs = (make().double() for make in SINGLE_STEP[cell])
     ours.load_state_dict(theirs.state_dict())
     x, h = torch.randn(B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
-    state = (h, -h) if isinstance(ours, LSTMCell) else h
+    state = (h, -h) if cell == "lstm" else h
     for a, b in zip(states(ours(x, state)), states(theirs(x, state)), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     for a, b in zip(states(ours(x)), states(theirs(x)), strict=True):   # no state: zeros

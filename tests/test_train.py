@@ -125,3 +125,13 @@ def test_word_level_training_and_generation(tmp_path):
     assert lm.tokenizer.kind == "word"
     text = rnnlab.load(tmp_path / "w").generate("The king", length=20, seed=3)
     assert text.startswith("The king") and " ," not in text
+
+
+def test_preset_sets_a_recipe_and_explicit_options_override_it(tmp_path):
+    lm = rnnlab.train(corpus(), tmp_path / "m", preset="zaremba-small", epochs=None, max_steps=3, hidden=24,
+                      embed_dim=24, progress=False, log=lambda m: None)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert lm.tokenizer.kind == "word" and config["train"]["optimizer"] == "sgd" and config["train"]["lr"] == 20.0
+    assert config["model"]["hidden"] == 24 and config["train"]["max_steps"] == 3
+    with pytest.raises(RnnlabError, match="unknown preset"):
+        rnnlab.train(corpus(), tmp_path / "n", preset="gpt-5", progress=False)

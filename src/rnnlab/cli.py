@@ -27,6 +27,11 @@ def _defaults():
     return ({f.name: f.default for f in fields(ModelConfig)}, {f.name: f.default for f in fields(TrainConfig)})
 
 
+def _presets():
+    from rnnlab.train import PRESETS
+    return PRESETS
+
+
 def _clip(value: str) -> float | None:
     if value.lower() in ("none", "off", "0"):
         return None
@@ -64,22 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=SUPPRESS, help="model directory (default: a new folder in runs/)")
     p.add_argument("--overwrite", action="store_true", default=SUPPRESS, help="replace an existing model in --out")
     p.add_argument("--resume", metavar="DIR", default=SUPPRESS, help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--preset", metavar="NAME", default=SUPPRESS,
+                   help="a documented recipe whose settings your own options override: " + ", ".join(_presets()))
     _add_corpus_options(p)
     g = p.add_argument_group("encoding")
-    g.add_argument("--level", default=SUPPRESS, help="char | word (default: char)")
-    g.add_argument("--max-vocab", type=int, default=SUPPRESS, help="word level: vocabulary cap incl. <unk>, <eos> (default: 20000)")
-    g.add_argument("--min-freq", type=int, default=SUPPRESS, help="word level: drop words seen fewer times (default: 1)")
+    g.add_argument("--level", default=SUPPRESS, metavar="LEVEL", help="char | word (default: char)")
+    g.add_argument("--max-vocab", type=int, metavar="N", default=SUPPRESS, help="word level: vocabulary cap incl. <unk>, <eos> (default: 20000)")
+    g.add_argument("--min-freq", type=int, metavar="N", default=SUPPRESS, help="word level: drop words seen fewer times (default: 1)")
     g.add_argument("--lowercase", action="store_true", default=SUPPRESS, help="word level: lowercase the text")
-    g.add_argument("--input", default=SUPPRESS,
+    g.add_argument("--input", default=SUPPRESS, metavar="KIND",
                    help=f"input layer: learned embedding or the textbook's one-hot x_t (default: {model_d['input']})")
-    g.add_argument("--embed-dim", type=int, default=SUPPRESS, help=f"embedding width (default: {model_d['embed_dim']})")
+    g.add_argument("--embed-dim", type=int, metavar="N", default=SUPPRESS, help=f"embedding width (default: {model_d['embed_dim']})")
     g = p.add_argument_group("model")
-    g.add_argument("--cell", default=SUPPRESS, help=f"rnn | rnn-relu | lstm | gru (default: {model_d['cell']})")
-    g.add_argument("--hidden", type=int, default=SUPPRESS, help=f"units per layer (default: {model_d['hidden']})")
-    g.add_argument("--layers", type=int, default=SUPPRESS, help=f"recurrent layers (default: {model_d['layers']})")
-    g.add_argument("--dropout", type=float, default=SUPPRESS, help=f"dropout on input, between layers, on output (default: {model_d['dropout']})")
+    g.add_argument("--cell", default=SUPPRESS, metavar="CELL", help=f"rnn | rnn-relu | lstm | gru (default: {model_d['cell']})")
+    g.add_argument("--hidden", type=int, metavar="N", default=SUPPRESS, help=f"units per layer (default: {model_d['hidden']})")
+    g.add_argument("--layers", type=int, metavar="N", default=SUPPRESS, help=f"recurrent layers (default: {model_d['layers']})")
+    g.add_argument("--dropout", type=float, metavar="P", default=SUPPRESS, help=f"dropout on input, between layers, on output (default: {model_d['dropout']})")
     g.add_argument("--tie-weights", action="store_true", default=SUPPRESS, help="share embedding and softmax weights")
-    g.add_argument("--init-range", type=float, default=SUPPRESS, help="uniform(-r, r) init of recurrent weights (default: torch's)")
+    g.add_argument("--init-range", type=float, metavar="R", default=SUPPRESS, help="uniform(-r, r) init of recurrent weights (default: torch's)")
     g = p.add_argument_group("training")
     for name, kind, text in (
         ("batch-size", int, "parallel streams"), ("bptt", int, "tokens per BPTT window"),
@@ -97,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("seed", int, "random seed"), ("device", str, "auto | cpu | cuda | mps"),
     ):
         default = train_d[name.replace("-", "_")]
-        g.add_argument(f"--{name}", type=kind, default=SUPPRESS,
+        g.add_argument(f"--{name}", type=kind, default=SUPPRESS, metavar="MINUTES" if name == "time-budget" else {int: "N", float: "X"}.get(kind, "NAME"),
                        help=text + ("" if "default:" in text or default is None else f" (default: {default})"))
-    g.add_argument("--clip", type=_clip, default=SUPPRESS,
+    g.add_argument("--clip", type=_clip, default=SUPPRESS, metavar="NORM",
                    help=f"global gradient-norm clip, or 'none' (default: {train_d['clip']})")
     g.add_argument("--skip-nonfinite", action="store_true", default=SUPPRESS,
                    help="skip steps with a NaN/inf loss instead of stopping")

@@ -36,6 +36,14 @@ from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau", "step")
+# Documented recipes (README, "Results"); `--preset NAME` starts from one, explicit options override it.
+PRESETS: dict[str, dict] = {
+    # Zaremba, Sutskever & Vinyals 2014, "small" (non-regularised) PTB LSTM. Their loss is summed over
+    # 20 time steps, so their lr 1 and clip 5 are lr 20 and clip 0.25 on our mean loss.
+    "zaremba-small": dict(level="word", cell="lstm", layers=2, hidden=200, embed_dim=200, batch_size=20, bptt=20,
+                          optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
+                          decay_start=4, epochs=13),
+}
 QUICK_EVAL_TOKENS = 200_000  # on Ctrl-C, validate before exiting only if it takes seconds
 
 
@@ -439,7 +447,8 @@ def model_card(config: dict, lm: LanguageModel) -> str:
 
 
 def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None = None, *,
-          level: str = "char", max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
+          level: str | None = None, max_vocab: int | None = None, min_freq: int | None = None,
+          lowercase: bool | None = None,
           valid: str | None = None, test: str | None = None, valid_fraction: float | None = None,
           glob: str = "*.txt", encoding: str = "utf-8", pretokenized: bool | None = None,
           resume: str | Path | None = None, overwrite: bool = False, progress: bool = True,
@@ -452,6 +461,14 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     that directory continues from its last checkpoint; its corpus is reused if none is given.
     """
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    preset = options.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise RnnlabError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        recipe = dict(PRESETS[preset])
+        level = level or recipe.pop("level", None)
+        recipe.pop("level", None)
+        options = {**recipe, **options}
     model_options, train_options = _split_options(options)
     saved = None
     if resume is not None:
@@ -464,8 +481,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         tok = saved["tokenizer"]
         clashes += [f"--{k.replace('_', '-')} {v} (the run has {tok[k]})"
                     for k, v in (("level", level), ("max_vocab", max_vocab), ("min_freq", min_freq),
-                                 ("lowercase", lowercase)) if k in tok and tok[k] != v and
-                    v != {"level": "char", "max_vocab": 20_000, "min_freq": 1, "lowercase": False}[k]]
+                                 ("lowercase", lowercase)) if v is not None and tok.get(k) != v]
         if clashes:
             raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
                               f"drop those options or train a new model with --out")
@@ -476,6 +492,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             valid, test, valid_fraction, glob, encoding, pretokenized = (c.get(k) for k in _CORPUS_OPTIONS)
     if corpus is None:
         raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
+    level, max_vocab = level or "char", max_vocab or 20_000
+    min_freq, lowercase = min_freq or 1, bool(lowercase)
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus, valid=valid, test=test, valid_fraction=valid_fraction, glob=glob,
                              encoding=encoding, pretokenized=pretokenized, progress=progress)
