@@ -87,3 +87,35 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, model_dir):
     ]
     for args, pattern in cases:
         _refused(run_cli(*args), pattern)
+
+
+def test_unknown_level_and_input_are_one_line_errors(tmp_path, text_file):
+    _refused(run_cli("train", text_file, "--level", "sentence"), "unknown level 'sentence'")
+    _refused(run_cli("train", text_file, "--input", "glove"), "unknown input 'glove'")
+
+
+DAMAGE = {
+    "missing weights": (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+    "truncated weights": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+                          "corrupt"),
+    "corrupted weights": (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 4096), "corrupt"),
+    "truncated config": (lambda d: (d / "config.json").write_text((d / "config.json").read_text()[:50]), "not valid JSON"),
+    "missing config": (lambda d: (d / "config.json").unlink(), "not a model directory"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_model_directory_is_refused_by_the_real_command(model_dir, tmp_path, damage):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    action, pattern = DAMAGE[damage]
+    action(broken)
+    _refused(run_cli("generate", broken, "--length", "5"), pattern)
+    _refused(run_cli("evaluate", broken, "--json"), pattern)
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(model_dir):
+    result = run_cli("generate", model_dir, "--prompt", "the " * 3000, "--length", "5", "--seed", "0")
+    assert result.returncode == 0
+    assert "rnnlab: warning: the prompt has 12000 tokens; keeping the last 10000" in result.stderr

@@ -57,9 +57,8 @@ def recall(weights: np.ndarray, probe: np.ndarray, rng: np.random.Generator, *, 
     batch = np.atleast_2d(state)                            # (P, N), a view of state
     for _ in range(max_sweeps):
         changed = False
-        fields = batch @ weights
         for i in rng.permutation(batch.shape[1]):
-            field = fields[:, i]                   # (P,): h_i = sum_j W_ij x_j
+            field = batch @ weights[i]                      # (P,): h_i = sum_j W_ij x_j (row i: contiguous)
             new = np.where(field > 0, 1.0, np.where(field < 0, -1.0, batch[:, i]))
             changed |= bool((new != batch[:, i]).any())
             batch[:, i] = new

@@ -142,7 +142,7 @@ def train_text(text: str, *, hidden: int = 64, seq_len: int = 25, steps: int = 2
         targets = data[position + 1:position + seq_len + 1]
         loss, grads, h = model.loss_and_grads(inputs, targets, h)
         for name, p in model.params.items():
-            g = np.clip(grads[name], -clip, clip)               # element-wise clip, as min-char-rnn: exploding gradients
+            g = np.clip(grads[name], -clip, clip)               # element-wise, as min-char-rnn (exploding gradients)
             memory[name] += g * g
             p -= lr * g / np.sqrt(memory[name] + 1e-8)          # Adagrad: a per-weight step that shrinks as it is used
         losses.append(loss)
