@@ -119,3 +119,19 @@ def test_overlong_prompt_is_truncated_with_a_warning(model_dir):
     result = run_cli("generate", model_dir, "--prompt", "the " * 3000, "--length", "5", "--seed", "0")
     assert result.returncode == 0
     assert "rnnlab: warning: the prompt has 12000 tokens; keeping the last 10000" in result.stderr
+
+
+def test_reference_train_learns_and_samples(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello world, this is a tiny text. " * 40)
+    result = run_cli("reference-train", path, "--steps", "300", "--length", "40", "--hidden", "32")
+    assert result.returncode == 0, result.stderr
+    first, last = (float(x) for x in result.stdout.split("mean loss ")[1].split(" nats")[0]
+                   .replace("(first 50 steps) -> ", "").replace(" (last 50 steps)", "").split())
+    assert last < first / 3
+
+
+def test_hopfield_recalls_the_stored_snippets():
+    result = run_cli("hopfield", "--trials", "2", "--units", "100")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("recalled ") == 3 and "FAILED" not in result.stdout

@@ -59,3 +59,13 @@ def test_tied_weights_share_one_tensor_and_count_once():
 def test_bad_model_options_are_clear_errors(options, message):
     with pytest.raises(RnnlabError, match=message):
         ModelConfig(vocab_size=10, **options)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
+@pytest.mark.parametrize("input", ["learned", "onehot"])
+def test_explicit_impl_is_a_drop_in_for_the_torch_kernels(cell, input):
+    config = dict(vocab_size=13, cell=cell, input=input, hidden=8, embed_dim=6, layers=2)
+    fast, explicit = RNNLM(ModelConfig(**config)).double(), RNNLM(ModelConfig(**config, impl="explicit")).double()
+    explicit.load_state_dict(fast.state_dict())
+    idx = torch.randint(13, (3, 7))
+    assert torch.allclose(fast(idx)[0], explicit(idx)[0], atol=1e-12)

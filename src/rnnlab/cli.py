@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers", type=int, metavar="N", default=SUPPRESS, help=f"recurrent layers (default: {model_d['layers']})")
     g.add_argument("--dropout", type=float, metavar="P", default=SUPPRESS, help=f"dropout on input, between layers, on output (default: {model_d['dropout']})")
     g.add_argument("--tie-weights", action="store_true", default=SUPPRESS, help="share embedding and softmax weights")
+    g.add_argument("--impl", default=SUPPRESS, metavar="IMPL",
+                   help="torch (fused kernels) | explicit (the textbook equations of cells.py; slow) (default: torch)")
     g.add_argument("--init-range", type=float, metavar="R", default=SUPPRESS, help="uniform(-r, r) init of recurrent weights (default: torch's)")
     g = p.add_argument_group("training")
     for name, kind, text in (
@@ -137,6 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps (default: cpu)")
+
+    # -- study: the NumPy reference RNN and the Hopfield network ----------------------------------
+    p = sub.add_parser("reference-train", help="train the plain-NumPy textbook RNN (hand-written BPTT) on a file",
+                       description="Train the textbook vanilla RNN written in plain NumPy (one-hot inputs, tanh, "
+                                   "softmax, backpropagation through time by hand, Adagrad), then sample from it. "
+                                   "Slow on purpose: it is for reading, not for speed.")
+    p.add_argument("file", metavar="FILE", help="a short text file (a few kB is plenty)")
+    p.add_argument("--hidden", type=int, default=64, metavar="N", help="hidden units (default: 64)")
+    p.add_argument("--seq-len", type=int, default=25, metavar="N", help="BPTT window (default: 25)")
+    p.add_argument("--steps", type=int, default=2000, metavar="N", help="training steps (default: 2000)")
+    p.add_argument("--lr", type=float, default=0.1, metavar="X", help="Adagrad learning rate (default: 0.1)")
+    p.add_argument("--length", type=int, default=300, metavar="N", help="characters to sample (default: 300)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--encoding", default="utf-8")
+
+    p = sub.add_parser("hopfield", help="the 1982 Hopfield network: store text snippets, recall them, measure capacity",
+                       description="Store short text snippets as +/-1 bit patterns with Hebb's rule, recall them from "
+                                   "corrupted copies by asynchronous updates, and measure recall against the number "
+                                   "of stored random patterns (the capacity limit near 0.14 N).")
+    p.add_argument("--snippets", nargs="+", metavar="TEXT",
+                   default=["to be or not to be, that is", "the quick brown fox jumps ov", "all that glitters is not g"],
+                   help="snippets to store (ASCII; padded to the longest)")
+    p.add_argument("--noise", type=float, default=0.1, metavar="F", help="fraction of bits flipped (default: 0.1)")
+    p.add_argument("--units", type=int, default=200, metavar="N", help="units in the capacity sweep (default: 200)")
+    p.add_argument("--trials", type=int, default=10, metavar="N", help="trials per point of the sweep (default: 10)")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--out", metavar="DIR", default=None, help="write hopfield.csv and hopfield.png here")
 
     # -- corpora, download, info ---------------------------------------------------------------------
     sub.add_parser("corpora", help="list the built-in and named corpora and where they are cached")
@@ -238,8 +268,71 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from rnnlab.corpus import read_file
+    from rnnlab.reference import train_text
+    text = read_file(Path(args.file), args.encoding)
+    if len(text) > 200_000:
+        print(f"rnnlab: note: {len(text):,} characters; the NumPy reference reads only the first 200,000",
+              file=sys.stderr)
+        text = text[:200_000]
+    with tqdm(total=args.steps, desc="numpy rnn", file=sys.stderr, dynamic_ncols=True) as bar:
+        def progress(step, loss):
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+        model, chars, losses = train_text(text, hidden=args.hidden, seq_len=args.seq_len, steps=args.steps,
+                                          lr=args.lr, seed=args.seed, progress=progress)
+    first, last = np.mean(losses[:50]), np.mean(losses[-50:])
+    print(f"vocabulary {len(chars)} characters, {args.hidden} hidden units; "
+          f"mean loss {first:.3f} (first 50 steps) -> {last:.3f} (last 50 steps) nats/char")
+    ids = model.sample(chars.index(text[0]), args.length, np.random.default_rng(args.seed), args.temperature)
+    print(text[0] + "".join(chars[i] for i in ids))
+    return 0
+
+
+def cmd_hopfield(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rnnlab import hopfield
+    if not 0 <= args.noise < 0.5:
+        raise RnnlabError(f"--noise must be in [0, 0.5), got {args.noise}")
+    rng = np.random.default_rng(args.seed)
+    width = max(len(s) for s in args.snippets)
+    patterns = np.stack([hopfield.encode_text(s, width) for s in args.snippets])       # (P, 8 * width)
+    weights = hopfield.store(patterns)
+    n = patterns.shape[1]
+    print(f"stored {len(patterns)} snippets in {n} units ({len(patterns) / n:.3f} patterns per unit); "
+          f"recalling from copies with {args.noise:.0%} of bits flipped:")
+    for pattern in patterns:
+        probe = hopfield.corrupt(pattern, args.noise, rng)
+        final = hopfield.recall(weights, probe, rng)
+        ok = "recalled" if (final == pattern).all() else "FAILED  "
+        print(f"  {ok}  {hopfield.decode_text(probe)!r:<{width + 2}} -> {hopfield.decode_text(final)!r}  "
+              f"(energy {hopfield.energy(weights, probe):.1f} -> {hopfield.energy(weights, final):.1f})")
+    counts = sorted({max(1, round(f * args.units)) for f in (0.02, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3)})
+    rows = hopfield.capacity_experiment(args.units, counts, args.trials, args.noise, rng)
+    print(f"\ncapacity, {args.units} units, random patterns, {args.noise:.0%} noise, {args.trials} trials:")
+    print("  patterns  P/N    recall rate")
+    for count, rate in rows:
+        print(f"  {count:>8}  {count / args.units:.3f}  {rate:.2f}")
+    if args.out:
+        from rnnlab.plots import plot_hopfield
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "hopfield.csv").write_text("units,patterns,patterns_per_unit,recall_rate\n" + "".join(
+            f"{args.units},{c},{c / args.units:.4f},{r:.4f}\n" for c, r in rows))
+        plot_hopfield(rows, args.units, out / "hopfield.png")
+        print(f"wrote {out / 'hopfield.csv'} and {out / 'hopfield.png'}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "corpora": cmd_corpora,
-            "download": cmd_download, "info": cmd_info}
+            "download": cmd_download, "info": cmd_info, "reference-train": cmd_reference_train,
+            "hopfield": cmd_hopfield}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

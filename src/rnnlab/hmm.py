@@ -265,7 +265,7 @@ class HMM(nn.Module):
         gamma = alpha * beta                                           # (T, batch, K)  p(z_t | x), eq. 27
         # xi_t(i, j) = alpha_hat_t(i) A_ij B_j(x_{t+1}) beta_hat_{t+1}(j) / c_{t+1}   (eq. 37);
         # summed over t and the batch it is one (K, T*batch) @ (T*batch, K) product
-        after = emit[ids[:, 1:].T] * beta[1:] / scale[1:, :, None] * real[1:, :, None]   # (T-1, batch, K)
+        after = emit[ids[:, 1:].T] * beta[1:] / scale[1:, :, None]   # (T-1, batch, K)
         transitions = A * (alpha[:-1].reshape(-1, K).T @ after.reshape(-1, K))          # (K, K)
         emissions = torch.zeros(V + 1, K, dtype=A.dtype, device=A.device)
         emissions.index_add_(0, ids.T.reshape(-1), gamma.reshape(-1, K))              # (V + 1, K)

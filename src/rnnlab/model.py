@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rnnlab.cells import ExplicitRNN
 from rnnlab.errors import RnnlabError
 
 # cell name -> (torch module, gates per unit, extra constructor arguments)
@@ -24,6 +25,7 @@ CELLS = {
     "gru": (nn.GRU, 3, {}),
 }
 INPUTS = ("learned", "onehot")
+IMPLS = ("torch", "explicit")
 
 
 @dataclass
@@ -37,10 +39,13 @@ class ModelConfig:
     dropout: float = 0.0          # on the input, between layers and before the softmax (Zaremba et al. 2014)
     tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
     init_range: float | None = None  # uniform(-r, r) for recurrent weights (Zaremba: 0.1); None: torch's default
+    impl: str = "torch"           # torch: fused nn.RNN/LSTM/GRU kernels; explicit: the equations in cells.py (slow, for study)
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.impl not in IMPLS:
+            raise RnnlabError(f"unknown impl {self.impl!r}; choose one of {', '.join(IMPLS)}")
         if self.input not in INPUTS:
             raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
         for name in ("vocab_size", "embed_dim", "hidden", "layers"):
@@ -75,8 +80,13 @@ class RNNLM(nn.Module):
         else:
             self.encoder = nn.Embedding(V, config.embed_dim)
             input_size = config.embed_dim
-        self.rnn = rnn_class(input_size, H, num_layers=config.layers, batch_first=True,
-                             dropout=config.dropout if config.layers > 1 else 0.0, **extra)
+        between = config.dropout if config.layers > 1 else 0.0
+        if config.impl == "explicit":
+            # same parameter names and shapes as torch's modules: checkpoints load into either
+            self.rnn = ExplicitRNN(config.cell, input_size, H, config.layers, batch_first=True, dropout=between,
+                                   nonlinearity=extra.get("nonlinearity"))
+        else:
+            self.rnn = rnn_class(input_size, H, num_layers=config.layers, batch_first=True, dropout=between, **extra)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = nn.Linear(H, V)
         self._init_weights()

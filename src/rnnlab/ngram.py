@@ -89,7 +89,10 @@ class KneserNey:
         ids = np.concatenate(streams)
         if ids.min() < 0:
             raise RnnlabError(f"token ids must be non-negative, got {ids.min()}")
-        V = self.vocab_size = max(self.vocab_size or 0, int(ids.max()) + 1)
+        if self.vocab_size is not None and ids.max() >= self.vocab_size:
+            raise RnnlabError(f"token id {ids.max()} is outside the vocabulary of {self.vocab_size}; "
+                              f"pass the tokenizer's vocab_size")
+        V = self.vocab_size = self.vocab_size or int(ids.max()) + 1
         # position of each token inside its own stream: an n-gram ending at t exists if position >= n-1
         starts = np.cumsum([0] + [len(s) for s in streams[:-1]])
         position = np.arange(len(ids)) - np.repeat(starts, [len(s) for s in streams])
@@ -132,7 +135,8 @@ class KneserNey:
             histories = 1 if n == 1 else len(self.keys[n - 2])
             self._numerator.append(np.maximum(counts - discount, 0.0))
             self._denominator.append(np.bincount(history, weights=counts, minlength=histories))   # c(h.)
-            self._backoff.append(np.bincount(history, weights=discount, minlength=histories))     # gamma(h) c(h.)
+            # gamma(h) c(h.): the mass the discounts took from the words after h
+            self._backoff.append(np.bincount(history, weights=counts - self._numerator[-1], minlength=histories))
 
     # ----------------------------------------------------------------------------------------------
     # scoring
@@ -182,7 +186,7 @@ class KneserNey:
 
     def distribution(self, context=()) -> np.ndarray:
         """(vocab_size,) p(. | the last N-1 tokens of context)."""
-        context = self._check(context)[len(context) - (self.order - 1):] if self.order > 1 else np.zeros(0, np.int64)
+        context = self._history(context)
         V = self.vocab_size
         # histories[n-1]: index of the last n-1 context tokens among the (n-1)-grams, -1 if unseen
         histories, gram = [0], np.zeros(0, dtype=np.int64)
@@ -209,22 +213,24 @@ class KneserNey:
 
     def log_prob(self, context, token: int) -> float:
         """Natural-log p(token | context), using the last N-1 tokens of context."""
-        context = np.asarray(context, dtype=np.int64).reshape(-1)[len(context) - (self.order - 1):] \
-            if self.order > 1 else np.zeros(0, np.int64)
-        return float(self.log_probs(np.append(context, token))[-1]) if len(context) else \
-            float(np.log(self.distribution(())[self._check([token])[0]]))
+        return float(np.log(self.distribution(context)[self._check([token])[0]]))
 
     def sample(self, n: int, rng: np.random.Generator, context=()) -> np.ndarray:
         """Draw n tokens, each from p(. | what came before), starting after `context`."""
-        history = list(self._check(context))
+        history = list(self._history(context))
         out = np.empty(n, dtype=np.int64)
         for i in range(n):
             cumulative = np.cumsum(self.distribution(history))
             token = min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")),
                         self.vocab_size - 1)
             out[i] = token
-            history = (history + [token])[-(self.order - 1):] if self.order > 1 else []
+            history = list(self._history(history + [token]))
         return out
+
+    def _history(self, context) -> np.ndarray:
+        """The last N-1 tokens of context: all the model conditions on."""
+        context = self._check(context)
+        return context[max(0, len(context) - (self.order - 1)):]
 
     # ----------------------------------------------------------------------------------------------
     # saving and loading: plain int64 arrays (np.savez, safetensors.numpy), never pickle
