@@ -18,12 +18,17 @@ from rnnlab.model import detach
 
 
 @torch.inference_mode()
-def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_size: int = 1,
-                chunk: int = 256, device: str | torch.device = "cpu") -> tuple[float, int]:
-    """Mean cross-entropy over `batch_size` parallel streams of `ids`; returns (loss, tokens)."""
-    data = batchify(ids, batch_size).to(device)
+def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_size: int = 1, chunk: int = 256,
+                device: str | torch.device = "cpu", shard: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """Summed cross-entropy and token count over `batch_size` parallel streams of `ids`.
+
+    `shard=(rank, world)` keeps only that rank's share of the streams (distributed validation:
+    the sums of all ranks add up to the whole)."""
+    data = batchify(ids, batch_size)
     if data.size(1) < 2:
         raise RnnlabError(f"the evaluation text has {len(ids)} tokens, too few for {batch_size} streams")
+    rank, world = shard
+    data = data[rank * batch_size // world:(rank + 1) * batch_size // world].to(device)
     was_training = net.training
     net.eval()
     total, count, hidden = torch.zeros((), dtype=torch.float64, device=device), 0, None
@@ -34,7 +39,14 @@ def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
         count += y.numel()
         hidden = detach(hidden)
     net.train(was_training)
-    return total.item() / count, count
+    return total.item(), count
+
+
+def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_size: int = 1, chunk: int = 256,
+                device: str | torch.device = "cpu") -> tuple[float, int]:
+    """Mean cross-entropy (nats per token) over `batch_size` parallel streams of `ids`, and the token count."""
+    total, count = stream_sums(net, ids, batch_size=batch_size, chunk=chunk, device=device)
+    return total / count, count
 
 
 def summarize(loss: float, tokens: int) -> dict:

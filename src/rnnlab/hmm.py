@@ -122,34 +122,36 @@ class HMM(nn.Module):
         B = self.log_emission.exp()
         return torch.cat([B.T, torch.ones(1, self.states, dtype=B.dtype, device=B.device)])
 
-    def _forward(self, ids: torch.Tensor, keep: bool = False):
-        """Scaled forward pass over a batch. ids: (batch, T), may contain the padding id V.
+    def _emissions(self, ids: torch.Tensor) -> torch.Tensor:
+        """(T, batch, K): B[:, x_t] for every step of ids (batch, T), gathered once for both passes."""
+        return self._emission_table()[ids.T]
 
-        Returns log c: (T, batch), and if keep, alpha_hat: (T, batch, K)."""
+    def _forward(self, emissions: torch.Tensor, keep: bool = False):
+        """Scaled forward pass over a batch. emissions: (T, batch, K) from `_emissions`.
+
+        Returns the scale factors c: (T, batch), and if keep, alpha_hat: (T, batch, K)."""
         pi, A = self.log_initial.exp(), self.log_transition.exp()
-        emit = self._emission_table()
-        batch, T = ids.shape
-        log_scale = torch.empty(T, batch, dtype=A.dtype, device=A.device)
-        alphas = torch.empty(T, batch, self.states, dtype=A.dtype, device=A.device) if keep else None
+        T, batch, K = emissions.shape
+        scales = torch.empty(T, batch, dtype=A.dtype, device=A.device)
+        alphas = torch.empty_like(emissions) if keep else None
         tiny = torch.finfo(A.dtype).tiny
-        alpha = pi.expand(batch, -1)                                   # (batch, K)
+        alpha = pi * emissions[0]                                      # (batch, K)
         for t in range(T):
-            alpha = (alpha @ A if t else alpha) * emit[ids[:, t]]      # (batch, K)   eq. 19-20
+            if t:
+                alpha = (alpha @ A) * emissions[t]                     # (batch, K)   eq. 19-20
             scale = alpha.sum(1, keepdim=True)                         # (batch, 1)   p(x_t | x_<t)
             # an impossible token has scale 0: log c = -inf, and alpha stays 0 instead of NaN
-            alpha = alpha / scale.clamp_min(tiny)
-            log_scale[t] = scale.squeeze(1).log()
-            if keep:
-                alphas[t] = alpha
-        return (log_scale, alphas) if keep else log_scale
+            alpha = torch.div(alpha, scale.clamp_min(tiny), out=alphas[t] if keep else None)
+            scales[t] = scale[:, 0]
+        return (scales, alphas) if keep else scales
 
     @torch.inference_mode()
     def log_likelihood(self, ids) -> torch.Tensor:
         """log p(x_1..x_T) in nats: a scalar for ids (T,), or (batch,) for ids (batch, T)."""
         ids = self._as_ids(ids)
         single = ids.dim() == 1
-        log_scale = self._forward(ids[None] if single else ids)        # (T, batch)
-        total = log_scale.sum(0)                                       # (batch,)
+        scales = self._forward(self._emissions(ids[None] if single else ids))   # (T, batch)
+        total = scales.log().sum(0)                                    # (batch,)
         return total[0] if single else total
 
     def forward(self, ids) -> torch.Tensor:
@@ -165,8 +167,8 @@ class HMM(nn.Module):
         ids = self._as_ids(ids, ndim=(1,))
         if len(ids) < 2:
             raise RnnlabError(f"the evaluation text has {len(ids)} tokens; at least 2 are needed")
-        log_scale = self._forward(ids[None])[:, 0]                     # (T,)
-        return -log_scale[1:].sum().item() / (len(ids) - 1), len(ids) - 1
+        scales = self._forward(self._emissions(ids[None]))[:, 0]      # (T,)
+        return -scales[1:].log().sum().item() / (len(ids) - 1), len(ids) - 1
 
     @torch.inference_mode()
     def next_token_log_probs(self, ids=()) -> torch.Tensor:
@@ -175,7 +177,7 @@ class HMM(nn.Module):
         pi, A, B = self.probabilities()
         if len(ids) == 0:
             return (pi @ B).log()
-        _, alphas = self._forward(ids[None], keep=True)
+        _, alphas = self._forward(self._emissions(ids[None]), keep=True)
         state = alphas[-1, 0] @ A                                      # (K,) p(z_{n+1} | x_1..x_n)
         return (state @ B).log()                                       # (V,)
 
@@ -247,30 +249,30 @@ class HMM(nn.Module):
 
     def _expected_counts(self, ids: torch.Tensor):
         """E-step for one batch of chunks (batch, T): expected counts and the log-likelihood."""
-        pi, A = self.log_initial.exp(), self.log_transition.exp()
-        emit = self._emission_table()                                  # (V + 1, K)
+        A = self.log_transition.exp()
         V, K = self.vocab_size, self.states
-        log_scale, alpha = self._forward(ids, keep=True)               # (T, batch), (T, batch, K)
-        scale = log_scale.exp()
-        T, batch = log_scale.shape
+        emissions = self._emissions(ids)                               # (T, batch, K)
+        scale, alpha = self._forward(emissions, keep=True)             # (T, batch), (T, batch, K)
+        T, batch = scale.shape
 
         # backward recursion, scaled with the forward pass's c_t (eq. 24-25, §V-A):
         # beta_hat_{t-1} = A @ (B[:, x_t] * beta_hat_t) / c_t
+        scaled = emissions / scale[:, :, None]                         # (T, batch, K)  B[:, x_t] / c_t
         beta = torch.empty_like(alpha)                                 # (T, batch, K)
         beta[-1] = 1.0
         for t in range(T - 1, 0, -1):
-            beta[t - 1] = (emit[ids[:, t]] * beta[t] / scale[t, :, None]) @ A.T
+            torch.mm(scaled[t] * beta[t], A.T, out=beta[t - 1])
 
         real = (ids != V).T                                            # (T, batch)   not padding
         gamma = alpha * beta                                           # (T, batch, K)  p(z_t | x), eq. 27
         # xi_t(i, j) = alpha_hat_t(i) A_ij B_j(x_{t+1}) beta_hat_{t+1}(j) / c_{t+1}   (eq. 37);
         # summed over t and the batch it is one (K, T*batch) @ (T*batch, K) product
-        after = emit[ids[:, 1:].T] * beta[1:] / scale[1:, :, None]   # (T-1, batch, K)
+        after = scaled[1:] * beta[1:] * real[1:, :, None]             # (T-1, batch, K)
         transitions = A * (alpha[:-1].reshape(-1, K).T @ after.reshape(-1, K))          # (K, K)
-        emissions = torch.zeros(V + 1, K, dtype=A.dtype, device=A.device)
-        emissions.index_add_(0, ids.T.reshape(-1), gamma.reshape(-1, K))              # (V + 1, K)
-        log_likelihood = (log_scale * real).sum()
-        return gamma[0].sum(0), transitions, emissions[:V].T, log_likelihood
+        emitted = torch.zeros(V + 1, K, dtype=A.dtype, device=A.device)
+        emitted.index_add_(0, ids.T.reshape(-1), gamma.reshape(-1, K))                # (V + 1, K)
+        log_likelihood = (scale.log() * real).sum()
+        return gamma[0].sum(0), transitions, emitted[:V].T, log_likelihood
 
     @torch.inference_mode()
     def fit(self, sequences, iterations: int = 10, *, chunk: int = 256, batch_size: int = 512,

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlab import __version__, checkpoint
+from rnnlab import __version__, checkpoint, distributed
 from rnnlab.batching import batchify, num_windows, windows
 from rnnlab.corpus import Corpus, load_corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.evaluate import stream_loss, summarize
+from rnnlab.distributed import SINGLE, World
+from rnnlab.evaluate import stream_loss, stream_sums, summarize
 from rnnlab.lm import LanguageModel
 from rnnlab.model import RNNLM, ModelConfig, detach
 from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
@@ -168,21 +169,34 @@ class Trainer:
     """The training loop over one model, one tokenised corpus and one output directory."""
 
     def __init__(self, lm: LanguageModel, train_ids: np.ndarray, valid_ids: np.ndarray | None,
-                 cfg: TrainConfig, out: Path, run_config: dict, *, progress: bool = True, log=None):
+                 cfg: TrainConfig, out: Path, run_config: dict, *, progress: bool = True, log=None,
+                 world: World = SINGLE):
         self.lm, self.net, self.cfg, self.out = lm, lm.net, cfg, Path(out)
         self.run_config = run_config
         self.device = lm.device
-        self.progress = progress
-        self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-        self.train_data = batchify(train_ids, cfg.batch_size).to(self.device)       # (B, N)
-        if self.train_data.size(1) < 2:
+        self.world = world
+        self.progress = progress and world.is_main
+        self.log = (log or (lambda msg: tqdm.write(msg, file=sys.stderr))) if world.is_main else (lambda msg: None)
+        if cfg.batch_size % world.size:
+            raise RnnlabError(f"--batch-size {cfg.batch_size} does not split evenly over {world.size} processes; "
+                              f"use a multiple of {world.size}")
+        data = batchify(train_ids, cfg.batch_size)                                    # (B, N): the global batch
+        if data.size(1) < 2:
             raise RnnlabError(
                 f"the training split has {len(train_ids)} tokens, fewer than one batch needs "
                 f"(batch size {cfg.batch_size} x 2 = {2 * cfg.batch_size}); give more text or a smaller --batch-size")
+        self.rows = slice(world.rank * cfg.batch_size // world.size, (world.rank + 1) * cfg.batch_size // world.size)
+        self.train_data = data[self.rows].to(self.device)                             # (B / W, N): this rank's streams
         self.valid_ids = valid_ids
         if valid_ids is not None and len(valid_ids) < 2 * cfg.eval_batch_size:
             self.cfg.eval_batch_size = max(1, len(valid_ids) // 2)
+        # each rank validates its share of the streams; the sums are all-reduced
+        self.cfg.eval_batch_size = max(world.size, self.cfg.eval_batch_size // world.size * world.size)
         self.steps_per_epoch = num_windows(self.train_data, cfg.bptt)
+        # DDP all-reduces (averages) gradients during backward; self.net stays the plain module
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index])
+                      if world.active and self.device.type == "cuda" else
+                      torch.nn.parallel.DistributedDataParallel(self.net) if world.active else self.net)
         params = [p for p in self.net.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -206,27 +220,41 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        """Everything a resume needs. With several processes this is a collective call: every
+        rank's hidden rows and RNG state are gathered, so the checkpoint holds the global batch."""
         hidden = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,) if self.hidden is not None else ()
         return {
             "step": self.step, "epoch": self.epoch, "column": self.column,
-            "hidden": [h.detach().cpu() for h in hidden], "hidden_is_pair": isinstance(self.hidden, tuple),
+            "hidden": [distributed.gather_rows(h.detach(), self.world).cpu() for h in hidden],
+            "hidden_is_pair": isinstance(self.hidden, tuple),
             "lr_scale": self.lr_scale, "best_valid": self.best_valid, "bad_validations": self.bad_validations,
             "elapsed": self.elapsed, "tokens_seen": self.tokens_seen, "last_valid_step": self.last_valid_step,
             "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
-            "train_config": asdict(self.cfg),
+            "rng_per_rank": distributed.gather_bytes(torch.get_rng_state(), self.world),
+            "world_size": self.world.size, "train_config": asdict(self.cfg),
         }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("step", "epoch", "column", "lr_scale", "best_valid", "bad_validations", "elapsed",
                     "tokens_seen", "last_valid_step"):
             setattr(self, key, state[key])
-        hidden = [h.to(self.device) for h in state["hidden"]]
-        self.hidden = tuple(hidden) if state["hidden_is_pair"] else (hidden[0] if hidden else None)
-        if self.hidden is not None and (hidden[0].size(1) != self.cfg.batch_size):
-            raise RnnlabError(f"the checkpoint was trained with --batch-size {hidden[0].size(1)}; "
+        if state["hidden"] and state["hidden"][0].size(1) != self.cfg.batch_size:
+            raise RnnlabError(f"the checkpoint was trained with --batch-size {state['hidden'][0].size(1)}; "
                               f"resume with the same batch size")
+        hidden = [h[:, self.rows].to(self.device) for h in state["hidden"]]   # this rank's streams
+        self.hidden = tuple(hidden) if state["hidden_is_pair"] else (hidden[0] if hidden else None)
         self.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
+        saved_world = state.get("world_size", 1)
+        if saved_world == self.world.size:
+            torch.set_rng_state(state["rng_per_rank"][self.world.rank])
+        else:
+            # the data position and hidden state carry over (the global batch is the same); only
+            # the per-process dropout generators cannot, so the run continues, no longer bit-exact
+            torch.manual_seed(self.cfg.seed + 1000 * self.step + self.world.rank)
+            self.log(f"the checkpoint was written by {saved_world} process(es), this run has {self.world.size}: "
+                     f"streams are re-split over the processes and dropout is re-seeded; the run continues "
+                     f"from step {self.step} but is not bit-identical to an uninterrupted one")
 
     # -- learning rate ---------------------------------------------------------------------------
 
@@ -269,7 +297,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
-        _, loss, hidden = self.net(x, self.hidden, targets=y)
+        _, loss, hidden = self.model(x, self.hidden, targets=y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -294,7 +322,11 @@ class Trainer:
     def validate(self) -> float | None:
         if self.valid_ids is None:
             return None
-        loss, _ = stream_loss(self.net, self.valid_ids, batch_size=self.cfg.eval_batch_size, device=self.device)
+        total, count = stream_sums(self.net, self.valid_ids, batch_size=self.cfg.eval_batch_size,
+                                   device=self.device, shard=(self.world.rank, self.world.size))
+        if self.world.active:
+            total, count = distributed.all_reduce_sum([total, count], self.device)
+        loss = total / count
         self.net.train()
         self.last_valid_step = self.step
         improved = loss < self.best_valid
@@ -313,16 +345,24 @@ class Trainer:
         return loss
 
     def save_best(self) -> None:
-        checkpoint.save_checkpoint(self.out, self.net, self.state_dict(), self.run_config, self.lm.tokenizer.to_dict())
+        state = self.state_dict()  # collective: every rank takes part, rank 0 writes
+        if self.world.is_main:
+            checkpoint.save_checkpoint(self.out, self.net, state, self.run_config, self.lm.tokenizer.to_dict())
 
     def save_last(self) -> None:
-        checkpoint.save_last(self.out, self.net, self.state_dict(), self.run_config, self.lm.tokenizer.to_dict())
+        state = self.state_dict()
+        if self.world.is_main:
+            checkpoint.save_last(self.out, self.net, state, self.run_config, self.lm.tokenizer.to_dict())
 
     def write_metrics(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         with open(self.out / checkpoint.METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def sample(self) -> None:
+        if not self.world.is_main:
+            return
         text = self.lm.generate(length=200 if self.lm.tokenizer.kind == "char" else 50,
                                 temperature=0.8, seed=self.step)
         self.net.train()
@@ -331,7 +371,7 @@ class Trainer:
     def run(self) -> None:
         cfg = self.cfg
         self.net.train()
-        if not (self.out / checkpoint.WEIGHTS).exists():
+        if self.step == 0:
             self.save_best()  # from the first moment, the directory holds a model that loads
             self.save_last()
         by_time = cfg.time_budget is not None and cfg.epochs is None and cfg.max_steps is None
@@ -343,14 +383,18 @@ class Trainer:
                    if by_time else None, file=sys.stderr, desc="train")
         window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
         with bar, _StopSignals() as stop:
-            tick = time.perf_counter()
+            tick, stopping = time.perf_counter(), False
             while not self.done():
                 for column, x, y in windows(self.train_data, cfg.bptt, start=self.column):
                     loss, grad_norm = self.train_step(x, y)
                     self.column = column + cfg.bptt
                     now = time.perf_counter()
-                    self.elapsed += now - tick
-                    tick = now
+                    dt, tick, stopping = now - tick, now, stop.requested is not None
+                    if self.world.active:
+                        # every rank must agree on the logged loss, the clock and whether to stop
+                        loss, votes, dt = distributed.all_reduce_sum([loss, float(stopping), dt], self.device)
+                        loss, dt, stopping = loss / self.world.size, dt / self.world.size, votes > 0
+                    self.elapsed += dt
                     self.tokens_seen += y.numel()
                     window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + y.numel()
                     bar.n = min(self.elapsed, total) if by_time else self.step
@@ -373,7 +417,7 @@ class Trainer:
                         self.save_last()
                     if cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.sample()
-                    if stop.requested or self.done():
+                    if stopping or self.done():
                         break
                 else:
                     self.epoch += 1
@@ -383,16 +427,16 @@ class Trainer:
                     if not cfg.eval_every:
                         self.validate()
                         self.save_last()
-                if stop.requested:
+                if stopping:
                     self.stop_reason = "interrupted"
                     break
-            if stop.requested:
+            if stopping:
                 self.save_last()
                 quick = self.valid_ids is not None and len(self.valid_ids) <= QUICK_EVAL_TOKENS
                 if quick and self.last_valid_step != self.step:
                     self.validate()  # a few seconds at most; keeps the best model up to date
                 raise TrainingInterrupted(
-                    f"{stop.requested} at step {self.step}: checkpoint saved in {self.out / checkpoint.LAST}; "
+                    f"{stop.requested or 'a stop request'} at step {self.step}: checkpoint saved in {self.out / checkpoint.LAST}; "
                     f"resume with: rnnlab train --resume {self.out}")
             if self.last_valid_step != self.step:
                 self.validate()
@@ -513,14 +557,27 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     if saved is not None and saved["corpus"].get("train_sha256") not in (None, _sha256(train_ids)):
         raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
 
+    world = distributed.init(train_config.device)
+    if world.active:
+        log = log if world.is_main else (lambda msg: None)
     if out is None:
+        if world.active:
+            raise RnnlabError("with several processes, pass --out (each process would otherwise pick its own folder)")
         out = Path("runs") / f"{corpus.name.replace(', ', '+').replace('/', '_')}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out) if saved is not None else checkpoint.prepare_out_dir(Path(out), overwrite=overwrite)
+    out = Path(out)
+    if saved is None:
+        if world.is_main:
+            checkpoint.prepare_out_dir(out, overwrite=overwrite)
+        elif (out / checkpoint.CONFIG).exists() and not overwrite:
+            raise RnnlabError(f"{out} already holds a model")  # rank 0 says it in full
+        distributed.barrier(world)
 
-    seed_everything(train_config.seed)
-    device = pick_device(train_config.device)
+    seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    device = distributed.device_for(world, pick_device(train_config.device))
     net = RNNLM(model_config)
     lm = LanguageModel(net, tokenizer, {}, out).to(device)
+    if world.active:
+        torch.manual_seed(train_config.seed + world.rank)  # different dropout masks on different ranks
     run_config = {
         "rnnlab_version": __version__, "model_type": "rnn",
         "model": model_config.to_dict(), "train": asdict(train_config),
@@ -533,7 +590,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         "command": command or (saved or {}).get("command", ""),
     }
     lm.config = run_config
-    trainer = Trainer(lm, train_ids, valid_ids, train_config, out, run_config, progress=progress, log=log)
+    trainer = Trainer(lm, train_ids, valid_ids, train_config, out, run_config, progress=progress, log=log,
+                      world=world)
     if saved is not None:
         last = checkpoint.resume_dir(out)
         checkpoint.load_weights(net, last)
@@ -548,7 +606,19 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             f"{net.num_parameters():,} parameters | device {device}")
         log("config: " + " ".join(f"{k}={v}" for k, v in asdict(train_config).items() if v is not None))
         log(f"writing to {out}")
-    trainer.run()
+    try:
+        trainer.run()
+    except RuntimeError as e:
+        if not world.active:
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RnnlabError(f"rank {world.rank} of {world.size}: lost contact with the other processes ({first}); "
+                          f"the last checkpoint is in {out}") from None
+    distributed.barrier(world)
+    if not world.is_main:
+        distributed.shutdown(world)
+        return lm
+    distributed.shutdown(world)
 
     # the model a user gets is the best one; report it on one stream of valid and test
     checkpoint.load_weights(net, out)

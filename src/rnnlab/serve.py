@@ -1,0 +1,311 @@
+"""An HTTP API and a web page for a trained model: `rnnlab serve MODEL`.
+
+    rnnlab serve runs/shakespeare                 # http://127.0.0.1:8000/ is the page
+    curl -s --json '{"prompt": "ROMEO:", "max_tokens": 100, "seed": 1}' localhost:8000/v1/generate
+    curl -sN --json '{"prompt": "ROMEO:", "stream": true}' localhost:8000/v1/generate
+
+    POST /v1/generate   JSON in; JSON out, or Server-Sent Events token by token with "stream": true
+    GET  /v1/model      the model card: config, vocabulary, training results, this server's limits
+    GET  /healthz       liveness, and how many generations are running
+    GET  /              the page (static/index.html: plain HTML, CSS and JS, nothing fetched from outside)
+    GET  /openapi.json  the schema FastAPI writes; /docs renders it
+
+How one model serves many clients at once:
+
+    request ──► lm.stream(...)    its own hidden state, RNG and detokenizer; the weights are shared, read-only
+                    │
+                    ▼  next()     one token per hop into the thread pool, under torch.inference_mode
+    event loop ◄── piece ──► JSON body, or one SSE event
+
+The event loop never runs the network, so a long generation does not hold up a short one, and
+the streams interleave a token at a time. A client that hangs up cancels its response; its
+generator is simply never advanced again, so its generation stops with it.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
+# and the request model they name is local to create_app.
+import contextlib
+import ipaddress
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from rnnlab import __version__
+from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.lm import LanguageModel, load
+
+DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; over a limit is a 422 that names it."""
+    max_prompt_chars: int = 4_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
+    max_tokens: int = 2_000        # tokens per request: a few seconds of CPU for a mid-sized LSTM
+
+    def __post_init__(self):
+        if self.max_prompt_chars < 0:
+            raise RnnlabError(f"--max-prompt-chars must be >= 0, got {self.max_prompt_chars}")
+        if self.max_tokens < 1:
+            raise RnnlabError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        # The longest JSON spelling of one character is 12 bytes (a surrogate pair, "\ud83d\ude00"),
+        # so a prompt within its cap always fits and gets the 422 that names the cap; a bigger body
+        # is refused with 413 before it is read into memory.
+        return 12 * self.max_prompt_chars + 16_384
+
+
+# -- the API's shapes: FastAPI validates requests with them and writes /openapi.json from them ----
+
+
+class Generation(BaseModel):
+    text: str = Field(description="the prompt (or, without one, a random start word) and then the new text")
+    tokens: int = Field(description="tokens generated after the prompt")
+    seed: int = Field(description="the seed this generation used: send it back to get the same text")
+    unknown: list[str] = Field(description="prompt words (characters, for a char-level model) not in the "
+                                           "vocabulary, read as <unk>")
+
+
+class ModelCard(BaseModel):
+    name: str = Field(description="the model directory's name")
+    level: str = Field(description="char or word: what one token is")
+    vocab_size: int
+    parameters: int
+    results: dict = Field(description="loss, perplexity, bits per token on each split the model was scored on")
+    steps: int | None = Field(description="optimiser steps it was trained for")
+    train_seconds: float | None
+    limits: dict = Field(description="this server's caps on prompt length and tokens per request")
+    config: dict = Field(description="the model directory's config.json, as the model card shows it")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    active_generations: int = Field(description="generations running now, streamed or not")
+    tokens_generated: int = Field(description="tokens generated since the server started")
+
+
+@dataclass
+class Counters:
+    # Touched only on the event loop's thread, so they need no lock.
+    active_generations: int = 0
+    tokens_generated: int = 0
+
+
+def request_model(limits: Limits) -> type[BaseModel]:
+    """The request body, with this server's caps in it, so that /docs shows them."""
+
+    class GenerateRequest(BaseModel):
+        # strict: "5" is not a number and true is not 1 (JSON's 1 is still a valid float);
+        # extra="forbid": a misspelt option is an error, not a silent default
+        model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+        prompt: str = Field("", max_length=limits.max_prompt_chars,
+                            description="text to continue; empty: start from a random vocabulary word")
+        max_tokens: int = Field(min(DEFAULT_TOKENS, limits.max_tokens), ge=0, le=limits.max_tokens,
+                                description="tokens to generate after the prompt")
+        # below 0.01 the logits / temperature overflow float32 for no gain: greedy is the limit
+        temperature: float = Field(1.0, ge=0.01, description="< 1 safer, > 1 wilder; for the most likely "
+                                                               "token every time, send greedy")
+        top_k: int | None = Field(None, ge=1, description="sample from the k most likely tokens")
+        top_p: float | None = Field(None, gt=0, le=1, description="sample from the smallest set of tokens "
+                                                                   "with probability mass p")
+        greedy: bool = Field(False, description="always take the most likely token")
+        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same text; "
+                                                                       "default: a random one, returned")
+        stream: bool = Field(False, description="send Server-Sent Events, one per token, then a 'done' event")
+
+    return GenerateRequest
+
+
+# -- generation, off the event loop --------------------------------------------------------------
+
+
+def _advance(pieces: Iterator[str]) -> str | None:
+    """The next piece of text, or None at the end. Runs in a worker thread."""
+    # sample_ids enters inference mode too; it is per thread, and this is where the threads are
+    with torch.inference_mode():
+        return next(pieces, None)
+
+
+async def _pieces(lm: LanguageModel, options: dict, counters: Counters) -> AsyncIterator[str]:
+    """lm.stream, one thread-pool hop per piece: first the prompt, then one piece per new token."""
+    pieces = lm.stream(**options)
+    counters.active_generations += 1
+    try:
+        if (prompt := await run_in_threadpool(_advance, pieces)) is None:
+            return
+        yield prompt
+        while (piece := await run_in_threadpool(_advance, pieces)) is not None:
+            counters.tokens_generated += 1
+            yield piece
+    finally:
+        # a hop in flight finishes before cancellation lands (threads cannot be interrupted),
+        # so the generator is idle here and can be closed
+        pieces.close()
+        counters.active_generations -= 1
+
+
+def _sse(data: dict, event: str | None = None) -> str:
+    """One Server-Sent Event. The text travels as JSON, so a newline in it cannot end the event."""
+    return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data)}\n\n"
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
+    """The FastAPI app serving `lm`; run it with uvicorn (main_serve, or `running` in a thread)."""
+    name = lm.path.name if lm.path else "model"
+    index_html = files("rnnlab").joinpath("static", "index.html").read_text(encoding="utf-8")
+    GenerateRequest = request_model(limits)
+    counters = Counters()
+
+    app = FastAPI(title=f"rnnlab: {name}", version=__version__, max_body_size=limits.max_body_bytes,
+                  description="Generate text with a recurrent language model trained by rnnlab.")
+    app.state.counters = counters
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes each bad value back, which fails (a 500) when the value is
+        # NaN or a lone surrogate; the field and the reason are what a client needs
+        detail = []
+        for error in exc.errors():
+            message = error["msg"]
+            if error["type"] == "json_invalid":
+                message = f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+            detail.append({"type": error["type"], "loc": list(error["loc"]), "msg": message})
+        # ensure_ascii: a lone surrogate in a misspelt key still encodes
+        return Response(json.dumps({"detail": detail}), status_code=422, media_type="application/json")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(index_html)
+
+    @app.get("/healthz")
+    async def health() -> Health:
+        return Health(active_generations=counters.active_generations,
+                      tokens_generated=counters.tokens_generated)
+
+    @app.get("/v1/model")
+    async def model_card() -> ModelCard:
+        config = lm.config
+        return ModelCard(name=name, level=lm.tokenizer.kind, vocab_size=lm.tokenizer.vocab_size,
+                         parameters=lm.net.num_parameters(), results=config.get("results", {}),
+                         steps=config.get("steps"), train_seconds=config.get("train_seconds"),
+                         limits={"max_prompt_chars": limits.max_prompt_chars, "max_tokens": limits.max_tokens},
+                         config=config)
+
+    @app.post("/v1/generate", response_model=Generation, responses={200: {
+        "content": {"text/event-stream": {"example": 'data: {"text": "ROMEO:"}\n\ndata: {"text": "\\n"}\n\n'
+                                                     'event: done\ndata: {"tokens": 1, "seed": 1, "unknown": []}\n\n'}},
+        "description": 'JSON, or with "stream": true one event per piece of text and a final "done" event'}})
+    async def generate(request: GenerateRequest):  # type: ignore[valid-type]
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+        options = dict(prompt=request.prompt or None, length=request.max_tokens, temperature=request.temperature,
+                       top_k=request.top_k, top_p=request.top_p, greedy=request.greedy, seed=seed)
+        unknown = lm.tokenizer.unknown(request.prompt) if request.prompt else []
+        pieces = _pieces(lm, options, counters)
+
+        if not request.stream:
+            text = [piece async for piece in pieces]
+            return Generation(text="".join(text), tokens=len(text) - 1, seed=seed, unknown=unknown)
+
+        async def events() -> AsyncIterator[str]:
+            tokens = -1  # the first piece is the prompt
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    tokens += 1
+                    yield _sse({"text": piece})
+            yield _sse({"tokens": tokens, "seed": seed, "unknown": unknown}, event="done")
+
+        # no-cache, and X-Accel-Buffering for nginx: a proxy must pass each event on as it comes
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+# -- running it ------------------------------------------------------------------------------------
+
+
+def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A listening socket; port 0 picks a free one. Binding here, not in uvicorn, turns a busy
+    port into a one-line error, and tells a caller which port it got before the server starts."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as e:
+        raise RnnlabError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
+                          f"choose another --port or --host") from None
+
+
+def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    # open streams get a few seconds to finish at shutdown, then are cut
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3))
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *,
+            log_level: str = "warning") -> Iterator[str]:
+    """Serve `app` from a background thread (tests, notebooks); yield its base URL, stop on exit.
+
+        with running(create_app(rnnlab.load("runs/demo"))) as url:
+            httpx.post(url + "/v1/generate", json={"prompt": "The "})
+    """
+    sock = bind(host, port)
+    server = _server(app, log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="rnnlab-serve", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server thread did not start")
+            time.sleep(0.01)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
+               max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
+               device: str = "cpu", log_level: str = "info") -> int:
+    """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status."""
+    limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens)
+    lm = load(model_dir, device=device)
+    app = create_app(lm, limits)
+    sock = bind(host, port)
+    # unknown prompt words are reported in each response; the server log need not repeat them
+    warnings.simplefilter("ignore", RnnlabWarning)
+    print(f"serving {lm} on {url_of(sock)}/  (API docs at /docs; Ctrl-C stops)", flush=True)
+    with contextlib.suppress(ValueError):  # a host name, not an address: assume the user means it
+        if not ipaddress.ip_address(host).is_loopback:
+            print(f"rnnlab: warning: listening on {host}: anyone who can reach this machine can use the "
+                  f"model, and there is no authentication", file=sys.stderr, flush=True)
+    _server(app, log_level).run(sockets=[sock])
+    return 0

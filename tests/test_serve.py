@@ -1,0 +1,321 @@
+"""`rnnlab serve` over real HTTP: uvicorn on a free port of 127.0.0.1 in a thread, httpx as the client."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("fastapi", reason="rnnlab serve needs its extra: pip install 'rnnlab[serve]'")
+httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install 'rnnlab[serve]'")
+
+import rnnlab  # noqa: E402
+from conftest import shakespeare  # noqa: E402
+from rnnlab.errors import RnnlabError  # noqa: E402
+from rnnlab.serve import Limits, bind, create_app, running  # noqa: E402
+
+LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
+LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still going when a test is done with it
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> rnnlab.LanguageModel:
+    """A tiny char-level LSTM (vocabulary of single characters: one token, one character)."""
+    text = shakespeare(20_000)
+    return rnnlab.train(rnnlab.Corpus("shakespeare", text[:18_000], text[18_000:]),
+                        tmp_path_factory.mktemp("serve") / "tiny", hidden=32, embed_dim=16, layers=1,
+                        batch_size=8, bptt=32, max_steps=20, progress=False, log=lambda m: None)
+
+
+@pytest.fixture
+def url(lm) -> Iterator[str]:
+    """A fresh server per test, so that counters and open streams never leak between tests."""
+    with running(create_app(lm, LIMITS)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event name, JSON data) for each Server-Sent Event, as it arrives."""
+    name, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").removeprefix(" "))
+
+
+def stream(client: httpx.Client, **body) -> tuple[list[str], dict]:
+    """The text pieces of a streamed generation, and its 'done' event."""
+    with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        received = list(events(response))
+    assert [name for name, _ in received] == ["message"] * (len(received) - 1) + ["done"]
+    return [data["text"] for _, data in received[:-1]], received[-1][1]
+
+
+def health(client: httpx.Client) -> dict:
+    return client.get("/healthz").json()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# -- generating ------------------------------------------------------------------------------------
+
+
+def test_generate_returns_the_prompt_then_max_tokens_new_tokens(client):
+    body = client.post("/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 50, "seed": 1}).json()
+    assert body["text"].startswith("ROMEO:")
+    assert body["tokens"] == 50 and len(body["text"]) == len("ROMEO:") + 50
+    assert body["seed"] == 1 and body["unknown"] == []
+
+
+def test_same_seed_same_text_and_another_seed_other_text(client):
+    def text(seed):
+        return client.post("/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 80, "seed": seed}).json()["text"]
+    assert text(7) == text(7)
+    assert text(7) != text(8)
+
+
+def test_returned_seed_reproduces_an_unseeded_generation(client):
+    first = client.post("/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 80}).json()
+    again = client.post("/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 80, "seed": first["seed"]}).json()
+    assert again["text"] == first["text"]
+
+
+def test_greedy_decoding_ignores_the_seed(client):
+    def text(seed):
+        body = {"prompt": "ROMEO:", "max_tokens": 40, "greedy": True, "seed": seed}
+        return client.post("/v1/generate", json=body).json()["text"]
+    assert text(1) == text(2)
+
+
+def test_empty_prompt_starts_from_a_random_vocabulary_word(client, lm):
+    body = client.post("/v1/generate", json={"max_tokens": 20, "seed": 3}).json()
+    assert body["tokens"] == 20
+    assert set(body["text"]) <= set(lm.tokenizer.vocab) | {"\ufffd"}
+
+
+def test_prompt_characters_not_in_the_vocabulary_are_reported(client):
+    body = {"prompt": "ROMEO: ☃", "max_tokens": 5, "seed": 1}
+    assert client.post("/v1/generate", json=body).json()["unknown"] == ["☃"]
+    assert stream(client, **body)[1]["unknown"] == ["☃"]
+
+
+def test_stream_sends_the_prompt_then_one_event_per_token_then_done(client):
+    pieces, done = stream(client, prompt="ROMEO:", max_tokens=60, seed=5)
+    assert pieces[0] == "ROMEO:"
+    assert len(pieces) == 1 + 60
+    assert done == {"tokens": 60, "seed": 5, "unknown": []}
+
+
+def test_streamed_pieces_join_to_the_json_text_with_the_same_seed(client):
+    body = {"prompt": "JULIET:\n", "max_tokens": 120, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 11}
+    pieces, _ = stream(client, **body)
+    assert "".join(pieces) == client.post("/v1/generate", json=body).json()["text"]
+
+
+# -- the other endpoints -----------------------------------------------------------------------------
+
+
+def test_model_card_has_config_vocabulary_results_and_limits(client, lm):
+    card = client.get("/v1/model").json()
+    assert card["name"] == "tiny" and card["level"] == "char"
+    assert card["vocab_size"] == lm.tokenizer.vocab_size
+    assert card["parameters"] == lm.net.num_parameters()
+    assert card["config"]["model"]["hidden"] == 32
+    assert card["steps"] == 20 and card["train_seconds"] >= 0
+    assert card["results"]["valid"]["perplexity"] > 1
+    assert card["limits"] == {"max_prompt_chars": 100, "max_tokens": 100_000}
+
+
+def test_healthz_is_ok_and_idle(client):
+    assert health(client) == {"status": "ok", "active_generations": 0, "tokens_generated": 0}
+
+
+def test_openapi_schema_documents_the_endpoints_and_this_servers_caps(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/generate", "/v1/model", "/healthz"} <= set(schema["paths"])
+    fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert fields["prompt"]["maxLength"] == 100
+    assert fields["max_tokens"]["maximum"] == 100_000
+
+
+def test_page_is_html_that_fetches_nothing_from_elsewhere(client):
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "/v1/generate" in response.text
+    assert not re.search(r"https?://|//[a-z]", response.text, re.IGNORECASE)
+
+
+# -- bad requests: a 4xx with a JSON message, never a 500 ---------------------------------------------
+
+
+@pytest.mark.parametrize("body, field, says", [
+    ({"prompt": "x" * 101}, "prompt", "at most 100 characters"),
+    ({"max_tokens": 100_001}, "max_tokens", "less than or equal to 100000"),
+    ({"max_tokens": -1}, "max_tokens", "greater than or equal to 0"),
+    ({"temperature": 0}, "temperature", "greater than or equal to 0.01"),
+    ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
+    ({"top_p": 0}, "top_p", "greater than 0"),
+    ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+    ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ({"seed": 2**64}, "seed", "less than or equal to"),
+    ({"prompt": 5}, "prompt", "valid string"),
+    ({"max_tokens": "many"}, "max_tokens", "valid integer"),
+    ({"max_tokens": "5"}, "max_tokens", "valid integer"),
+    ({"max_tokens": 2.5}, "max_tokens", "valid integer"),
+    ({"temperature": "hot"}, "temperature", "valid number"),
+    ({"stream": "yes"}, "stream", "valid boolean"),
+    ({"length": 50}, "length", "not permitted"),
+])
+def test_invalid_field_is_422_naming_the_field_and_the_rule(client, body, field, says):
+    response = client.post("/v1/generate", json={"prompt": "ROMEO:", **body})
+    assert response.status_code == 422
+    errors = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
+    assert says in errors[("body", field)]
+
+
+@pytest.mark.parametrize("content", [
+    b'{"prompt": "ROMEO:"',             # cut short
+    b'{"prompt": "ROMEO:",}',           # trailing comma
+    b"prompt=ROMEO:",                   # a form, not JSON
+])
+def test_malformed_json_is_422_saying_it_is_not_json(client, content):
+    response = client.post("/v1/generate", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"].startswith("the body is not valid JSON")
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"[]", b'"ROMEO:"', b"null",                  # no body, or not an object
+    b'{"temperature": NaN}', b'{"top_p": Infinity}',   # Python's JSON reader accepts these; we do not
+    b'{"temperature": 1e999}',                         # overflows to infinity
+    b'{"prompt": "\\ud800"}', b'{"\\udfff": 1}',       # lone surrogates: valid JSON, not text
+])
+def test_body_that_is_not_a_valid_request_object_is_422_json(client, content):
+    response = client.post("/v1/generate", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"]
+
+
+def test_body_without_a_json_content_type_is_422(client):
+    response = client.post("/v1/generate", content=b'{"prompt": "ROMEO:"}', headers={"content-type": "text/plain"})
+    assert response.status_code == 422 and response.json()["detail"]
+
+
+def test_body_far_over_the_prompt_cap_is_413_before_it_is_read(client):
+    response = client.post("/v1/generate", json={"prompt": "x" * 100_000})
+    assert response.status_code == 413
+
+
+def test_wrong_method_and_unknown_path_are_json_4xx(client):
+    assert client.get("/v1/generate").status_code == 405
+    assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=5)
+FIELDS = st.sampled_from(["prompt", "max_tokens", "temperature", "top_k", "top_p", "greedy", "seed", "stream", "x"])
+
+
+@pytest.fixture(scope="module")
+def small_server(lm) -> Iterator[str]:
+    with running(create_app(lm, Limits(max_prompt_chars=50, max_tokens=30))) as url:
+        yield url
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(FIELDS, JSON, max_size=4) | JSON)
+def test_no_request_body_gets_a_server_error(small_server, body):
+    content = json.dumps(body).encode()  # json.dumps writes NaN and Infinity, as some clients do
+    response = httpx.post(small_server + "/v1/generate", content=content,
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code in (200, 422), response.text
+    assert response.json()
+
+
+# -- many clients --------------------------------------------------------------------------------------
+
+
+def test_long_stream_does_not_hold_up_a_short_request(client, url):
+    with client.stream("POST", "/v1/generate", json={"prompt": "ROMEO:", "max_tokens": LONG, "stream": True}) as long:
+        long_events = events(long)
+        for _ in range(10):
+            next(long_events)
+        # the long stream's client now stops reading: a slow client, with generation still under way
+        started = time.monotonic()
+        quick = httpx.post(url + "/v1/generate", json={"prompt": "JULIET:", "max_tokens": 20}, timeout=30)
+        assert quick.status_code == 200 and quick.json()["tokens"] == 20
+        assert time.monotonic() - started < 2.0
+        assert next(long_events)[0] == "message"  # and the long one is still going
+        assert health(client)["active_generations"] == 1
+
+
+def test_client_that_hangs_up_mid_stream_stops_its_generation(client, url):
+    with httpx.stream("POST", url + "/v1/generate", json={"prompt": "ROMEO:", "max_tokens": LONG, "stream": True},
+                      timeout=30) as response:
+        long_events = events(response)
+        for _ in range(10):
+            next(long_events)
+        assert health(client)["active_generations"] == 1
+    # leaving the block closed the connection, LONG tokens before the end of the stream
+    wait_until(lambda: health(client)["active_generations"] == 0)
+    produced = health(client)["tokens_generated"]
+    time.sleep(0.5)
+    assert health(client)["tokens_generated"] == produced < LONG
+
+
+# -- starting and stopping -------------------------------------------------------------------------------
+
+
+def test_busy_port_is_a_one_line_error():
+    with bind("127.0.0.1", 0) as taken:
+        with pytest.raises(RnnlabError, match=r"cannot listen on 127\.0\.0\.1:\d+: .*--port"):
+            bind("127.0.0.1", taken.getsockname()[1])
+
+
+def test_limits_below_one_token_are_refused():
+    with pytest.raises(RnnlabError, match="--max-tokens must be at least 1"):
+        Limits(max_tokens=0)
+
+
+def test_main_serve_prints_its_url_serves_and_stops_on_ctrl_c(lm):
+    script = "import sys; from rnnlab.serve import main_serve; sys.exit(main_serve(sys.argv[1], port=0))"
+    server = subprocess.Popen([sys.executable, "-c", script, str(lm.path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        banner = server.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        assert url, banner + server.stderr.read()
+        body = httpx.post(url.group() + "/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 10}, timeout=60).json()
+        assert body["tokens"] == 10
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+        server.communicate()
