@@ -106,3 +106,20 @@ def test_streamed_generation_equals_rerunning_the_whole_prefix():
         logits, _, _ = lm.net(torch.tensor([seq]))
         seq.append(int(logits[0, -1].argmax()))
     assert seq[len(ids):] == new
+
+
+@pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
+@pytest.mark.parametrize("input", ["learned", "onehot"])
+def test_fast_single_step_path_matches_the_module(cell, input):
+    from rnnlab.generate import Stepper
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=20, cell=cell, input=input, hidden=16, embed_dim=8, layers=2)).eval()
+    step = Stepper(net)
+    with torch.inference_mode():
+        _, _, hidden = net(torch.randint(20, (3, 5)))
+        token = torch.randint(20, (3,))
+        expected, _, expected_hidden = net(token[:, None], hidden)
+        logits, new_hidden = step(token, hidden)
+    assert torch.allclose(logits, expected[:, -1], atol=1e-5)
+    for a, b in zip(new_hidden if cell == "lstm" else (new_hidden,), expected_hidden if cell == "lstm" else (expected_hidden,)):
+        assert torch.allclose(a, b, atol=1e-5)

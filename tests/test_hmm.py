@@ -92,10 +92,12 @@ def test_smoothed_em_never_lowers_log_likelihood_plus_log_prior():
 
     def objective():
         log_prior = a * sum(p.sum().item() for p in (hmm.log_initial, hmm.log_transition, hmm.log_emission))
-        return hmm.fit(ids, 1, chunk=128, pseudocount=a)[0] + log_prior    # the E-step's log p(x) at the current parameters
+        log_likelihood = hmm.fit(ids, 1, chunk=128, pseudocount=a)[0]     # measured before the update
+        return log_likelihood + log_prior
 
     values = [objective() for _ in range(10)]
     assert all(later >= earlier - 1e-9 * abs(earlier) for earlier, later in zip(values, values[1:]))
+    assert values[-1] > values[0]
 
 
 def test_training_on_samples_of_a_known_hmm_reaches_its_held_out_likelihood():

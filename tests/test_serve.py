@@ -119,6 +119,7 @@ def test_empty_prompt_starts_from_a_random_vocabulary_word(client, lm):
     assert set(body["text"]) <= set(lm.tokenizer.vocab) | {"\ufffd"}
 
 
+@pytest.mark.filterwarnings("ignore::rnnlab.RnnlabWarning")  # the library's warning, raised in the server's thread
 def test_prompt_characters_not_in_the_vocabulary_are_reported(client):
     body = {"prompt": "ROMEO: ☃", "max_tokens": 5, "seed": 1}
     assert client.post("/v1/generate", json=body).json()["unknown"] == ["☃"]

@@ -44,6 +44,52 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class Stepper:
+    """One-token steps through an RNNLM with `torch.lstm_cell` / `gru_cell` / `rnn_*_cell`.
+
+    A call of `nn.LSTM` on a single token pays for argument checks, weight flattening and a
+    sequence loop of length one; when generating, that per-call overhead, not the arithmetic, is
+    the cost. The cell functions do the same arithmetic with the same weights (and the same
+    hidden-state layout as `nn.LSTM`), several times faster. Falls back to the module for
+    anything it does not cover.
+    """
+
+    _CELL_FUNCTIONS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell,
+                       "rnn-relu": torch.rnn_relu_cell}
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        config = net.config
+        self.cell = config.cell
+        self.fast = config.input == "learned" and isinstance(net.rnn, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU))
+        self.layers = [tuple(getattr(net.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                       for k in range(config.layers)]
+        self.step_function = self._CELL_FUNCTIONS[self.cell]
+
+    def __call__(self, token: torch.Tensor, hidden):
+        """token (B,), hidden as nn.RNN/LSTM/GRU returns it -> logits (B, V), new hidden."""
+        if not self.fast:
+            logits, _, hidden = self.net(token[:, None], hidden)
+            return logits[:, -1], hidden
+        x = self.net.encoder.weight[token]                                   # (B, E)
+        if self.cell == "lstm":
+            h_all, c_all = hidden
+            hs, cs = [], []
+            for k, weights in enumerate(self.layers):
+                h, c = self.step_function(x, (h_all[k], c_all[k]), *weights)
+                hs.append(h)
+                cs.append(c)
+                x = h
+            hidden = (torch.stack(hs), torch.stack(cs))                       # (layers, B, H) each
+        else:
+            hs = []
+            for k, weights in enumerate(self.layers):
+                x = self.step_function(x, hidden[k], *weights)
+                hs.append(x)
+            hidden = torch.stack(hs)
+        return torch.nn.functional.linear(x, self.net.decoder.weight, self.net.decoder.bias), hidden
+
+
 @torch.inference_mode()
 def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
@@ -51,11 +97,11 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
     """Yield `steps` new tokens, each (B,), continuing the prompt (B, T)."""
     check_sampling(temperature, top_k, top_p)
     net.eval()
-    logits, _, hidden = net(prompt)
+    logits, _, hidden = net(prompt)                                          # the prompt in one fused call
     logits = logits[:, -1]                                                   # (B, V)
+    step = Stepper(net)
     for _ in range(steps):
         token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy, generator=generator)
         yield token
-        logits, _, hidden = net(token[:, None], hidden)                      # (B, 1, V)
-        logits = logits[:, -1]
+        logits, hidden = step(token, hidden)

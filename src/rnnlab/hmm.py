@@ -109,10 +109,10 @@ class HMM(nn.Module):
         if ids.dim() not in ndim:
             raise RnnlabError(f"expected token ids of {' or '.join(f'{d}-D' for d in ndim)} shape, "
                               f"got shape {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise RnnlabError(f"token id {int(ids.max() if ids.max() >= self.vocab_size else ids.min())} is "
-                              f"outside the HMM's vocabulary of {self.vocab_size}; use the tokenizer it was "
-                              f"trained with")
+        outside = (ids < 0) | (ids >= self.vocab_size)
+        if outside.any():
+            raise RnnlabError(f"token id {int(ids[outside][0])} is outside the HMM's vocabulary of "
+                              f"{self.vocab_size}; use the tokenizer it was trained with")
         return ids.to(self.log_emission.device)
 
     def _emission_table(self) -> torch.Tensor:
@@ -168,7 +168,7 @@ class HMM(nn.Module):
         if len(ids) < 2:
             raise RnnlabError(f"the evaluation text has {len(ids)} tokens; at least 2 are needed")
         scales = self._forward(self._emissions(ids[None]))[:, 0]      # (T,)
-        return -scales[1:].log().sum().item() / (len(ids) - 1), len(ids) - 1
+        return -scales[1:].double().log().sum().item() / (len(ids) - 1), len(ids) - 1
 
     @torch.inference_mode()
     def next_token_log_probs(self, ids=()) -> torch.Tensor:
@@ -281,7 +281,7 @@ class HMM(nn.Module):
 
         Streams are cut into chunks of `chunk` tokens, each an independent sequence (see the module
         docstring); `batch_size` chunks go through forward-backward at once (memory: about
-        3 * batch_size * chunk * K floats). `pseudocount` is added to every expected count (MAP-EM).
+        6 * batch_size * chunk * K floats). `pseudocount` is added to every expected count (MAP-EM).
 
         Returns the training log-likelihood (nats, summed over chunks) measured in each iteration's
         E-step, i.e. under the parameters before that iteration's update."""

@@ -101,7 +101,7 @@ class KneserNey:
         self.keys, gram, raw = [], [], None
         for n in range(1, self.order + 1):
             exists = position >= n - 1
-            key = ids.copy() if n == 1 else _shift(gram[-1]) * V + ids
+            key = ids if n == 1 else _shift(gram[-1]) * V + ids
             unique, index, raw = np.unique(key[exists], return_inverse=True, return_counts=True)
             self.keys.append(unique)
             gram.append(np.full(len(ids), -1, dtype=np.int64))

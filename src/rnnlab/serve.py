@@ -307,5 +307,8 @@ def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
         if not ipaddress.ip_address(host).is_loopback:
             print(f"rnnlab: warning: listening on {host}: anyone who can reach this machine can use the "
                   f"model, and there is no authentication", file=sys.stderr, flush=True)
-    _server(app, log_level).run(sockets=[sock])
+    try:
+        _server(app, log_level).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down cleanly, then passed Ctrl-C on; for a server it is the way to stop
     return 0
