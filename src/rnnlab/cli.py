@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"input layer: learned embedding or the textbook's one-hot x_t (default: {model_d['input']})")
     g.add_argument("--embed-dim", type=int, metavar="N", default=SUPPRESS, help=f"embedding width (default: {model_d['embed_dim']})")
     g = p.add_argument_group("model")
+    g.add_argument("--model", default=SUPPRESS, metavar="KIND",
+                   help="rnn (default) | hmm (Hidden Markov Model baseline) | ngram (Kneser-Ney baseline)")
+    g.add_argument("--states", type=int, default=SUPPRESS, metavar="K", help="hmm: hidden states (default: 64)")
+    g.add_argument("--em-iterations", type=int, default=SUPPRESS, metavar="N",
+                   help="hmm: Baum-Welch iterations (default: 20)")
+    g.add_argument("--order", type=int, default=SUPPRESS, metavar="N", help="ngram: order (default: 5)")
     g.add_argument("--cell", default=SUPPRESS, metavar="CELL", help=f"rnn | rnn-relu | lstm | gru (default: {model_d['cell']})")
     g.add_argument("--hidden", type=int, metavar="N", default=SUPPRESS, help=f"units per layer (default: {model_d['hidden']})")
     g.add_argument("--layers", type=int, metavar="N", default=SUPPRESS, help=f"recurrent layers (default: {model_d['layers']})")
@@ -139,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps (default: cpu)")
+
+    # -- compare ----------------------------------------------------------------------------------
+    p = sub.add_parser("compare", help="HMM, n-gram and RNNs on growing amounts of the same corpus",
+                       description="Train each model on the first N tokens of the training split for each N, "
+                                   "score all on the same validation split (one vocabulary), and write a table "
+                                   "and plots: compare.md, compare.csv, compare.png.")
+    p.add_argument("corpus", nargs="+", metavar="CORPUS")
+    p.add_argument("--models", default="hmm:64,ngram:5,rnn,lstm,gru", help="default: hmm:64,ngram:5,rnn,lstm,gru")
+    p.add_argument("--train-tokens", default="10k,100k,1M", metavar="SIZES", help="default: 10k,100k,1M")
+    p.add_argument("--time-budget", type=float, default=2.0, metavar="MINUTES",
+                   help="cap per RNN or HMM training run (default: 2)")
+    p.add_argument("--level", default=None, metavar="LEVEL", help="char | word (default: word for tokenised corpora)")
+    p.add_argument("--out", metavar="DIR", default="runs/compare", help="default: runs/compare")
+    _add_corpus_options(p)
 
     # -- study: the NumPy reference RNN and the Hopfield network ----------------------------------
     p = sub.add_parser("reference-train", help="train the plain-NumPy textbook RNN (hand-written BPTT) on a file",
@@ -268,6 +288,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rnnlab import compare
+    from rnnlab.corpus import load_corpus
+    from rnnlab.plots import plot_compare
+    models, sizes = compare.parse_models(args.models), compare.parse_sizes(args.train_tokens)
+    options = {k: getattr(args, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+               if hasattr(args, k)}
+    corpus = load_corpus(args.corpus, **options)
+    tokenizer = compare.fixed_tokenizer(corpus, args.level or ("word" if corpus.pretokenized else "char"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = compare.run(corpus, tokenizer, models, sizes, out, time_budget=args.time_budget,
+                       log=lambda m: print(m, flush=True))
+    from rnnlab.checkpoint import write_text
+    write_text(out / "compare.csv", compare.to_csv(rows))
+    write_text(out / "compare.md", compare.to_markdown(rows))
+    plot_compare(rows, out / "compare.png", title=f"{corpus.name}: validation perplexity")
+    print()
+    print(compare.to_markdown(rows))
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'} and {out / 'compare.png'}")
+    return 0
+
+
 def cmd_reference_train(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -332,7 +375,7 @@ def cmd_hopfield(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "corpora": cmd_corpora,
             "download": cmd_download, "info": cmd_info, "reference-train": cmd_reference_train,
-            "hopfield": cmd_hopfield}
+            "hopfield": cmd_hopfield, "compare": cmd_compare}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -56,15 +56,15 @@ def summarize(loss: float, tokens: int) -> dict:
 
 def evaluate(model, corpus=None, *, split: str = "valid", text: str | None = None, progress: bool = True,
              **corpus_options) -> dict:
-    """Evaluate a model (a `LanguageModel` or a model directory) on one split, as one stream.
+    """Evaluate a model (a loaded model or a model directory) on one split, as one stream.
 
     The text comes from `text` if given, else from `corpus` (a named corpus, paths, or a `Corpus`),
     else from the corpus the model was trained on, as recorded in its config.json.
     """
     from rnnlab.corpus import Corpus, load_corpus
-    from rnnlab.lm import LanguageModel, load
+    from rnnlab.lm import TextModel, load
 
-    lm = model if isinstance(model, LanguageModel) else load(model)
+    lm = model if isinstance(model, TextModel) else load(model)
     if text is None:
         if corpus is None:
             saved = lm.config.get("corpus") or {}

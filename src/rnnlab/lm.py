@@ -1,5 +1,10 @@
 """`LanguageModel`: a trained network with its tokenizer; what `rnnlab.load` and `rnnlab.train` return.
 
+`TextModel` is what every model directory loads as — an RNN, or one of the baselines in
+`baselines.py` (HMM, Kneser-Ney n-gram): a tokenizer plus two abilities, scoring a token stream
+and continuing one. Prompts, sampling options, streaming text and evaluation are written once,
+here, on top of those two.
+
     lm = rnnlab.load("runs/shakespeare")
     print(lm.generate("ROMEO:", length=300, temperature=0.8, seed=1))
     print(lm.evaluate(open("valid.txt").read()))
@@ -23,27 +28,31 @@ from rnnlab.tokenize import EOS, UNK, tokenizer_from_dict
 MAX_PROMPT_TOKENS = 10_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
 
 
-class LanguageModel:
-    def __init__(self, net: RNNLM, tokenizer, config: dict, path: Path | None = None):
-        self.net = net
+class TextModel:
+    """A tokenizer and a model that can score and continue token streams."""
+
+    model_type = "?"
+
+    def __init__(self, tokenizer, config: dict, path: Path | None = None):
         self.tokenizer = tokenizer
         self.config = config
         self.path = path
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+    # what a model provides -----------------------------------------------------------------------
 
-    def to(self, device: str | torch.device) -> LanguageModel:
-        self.net.to(device)
-        return self
+    def continue_ids(self, ids: list[int], steps: int, *, generator: torch.Generator,
+                     **sampling) -> Iterator[int]:
+        """Yield `steps` new token ids after `ids`, sampled with `generate.next_token` options."""
+        raise NotImplementedError
 
-    def __repr__(self) -> str:
-        m = self.net.config
-        return (f"LanguageModel({m.layers}x{m.hidden} {m.cell}, {self.tokenizer.kind} level, "
-                f"vocab {self.tokenizer.vocab_size}, {self.net.num_parameters():,} parameters)")
+    def stream_loss(self, ids) -> tuple[float, int]:
+        """Mean nats per predicted token over the stream (each token after the first), and the count."""
+        raise NotImplementedError
 
-    # -- text in ------------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        raise NotImplementedError
+
+    # text in -------------------------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt text -> ids, without the <eos> a final line would get; warns about unknown words."""
@@ -62,7 +71,7 @@ class LanguageModel:
             ids = ids[-MAX_PROMPT_TOKENS:]
         return ids
 
-    # -- text out -----------------------------------------------------------------------------
+    # text out ------------------------------------------------------------------------------------
 
     def stream(self, prompt: str | None = None, *, length: int = 200, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
@@ -83,29 +92,62 @@ class LanguageModel:
             choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS)]
             ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
             yield detok(ids[0]).lstrip(" ")
-        prompt_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        for token in sample_ids(self.net, prompt_ids, length, temperature=temperature, top_k=top_k,
-                                top_p=top_p, greedy=greedy, generator=generator):
-            yield detok(int(token[0]))
+        for token in self.continue_ids(ids, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       greedy=greedy, generator=generator):
+            yield detok(token)
 
     def generate(self, prompt: str | None = None, **options) -> str:
         """The prompt and `length` new tokens as one string; options as in `stream`."""
         return "".join(self.stream(prompt, **options))
 
-    # -- measuring ----------------------------------------------------------------------------
+    # measuring -----------------------------------------------------------------------------------
 
-    def evaluate(self, text: str, *, batch_size: int = 1) -> dict:
+    def evaluate(self, text: str) -> dict:
         """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream."""
-        ids = self.tokenizer.encode(text)
-        return summarize(*stream_loss(self.net, ids, batch_size=batch_size, device=self.device))
+        return summarize(*self.stream_loss(self.tokenizer.encode(text)))
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+class LanguageModel(TextModel):
+    """A recurrent network (`RNNLM`) with its tokenizer."""
+
+    model_type = "rnn"
+
+    def __init__(self, net: RNNLM, tokenizer, config: dict, path: Path | None = None):
+        super().__init__(tokenizer, config, path)
+        self.net = net
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> LanguageModel:
+        self.net.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        m = self.net.config
+        return (f"LanguageModel({m.layers}x{m.hidden} {m.cell}, {self.tokenizer.kind} level, "
+                f"vocab {self.tokenizer.vocab_size}, {self.net.num_parameters():,} parameters)")
+
+    def num_parameters(self) -> int:
+        return self.net.num_parameters()
+
+    def continue_ids(self, ids, steps, *, generator, **sampling):
+        prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
+        for token in sample_ids(self.net, prompt, steps, generator=generator, **sampling):
+            yield int(token[0])
+
+    def stream_loss(self, ids, batch_size: int = 1):
+        return stream_loss(self.net, ids, batch_size=batch_size, device=self.device)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> TextModel:
     """Load a model directory (on the CPU unless told otherwise), whatever device trained it."""
     path = Path(path)
     config = checkpoint.read_config(path)
     if config.get("model_type", "rnn") != "rnn":
-        raise RnnlabError(f"{path} holds a {config.get('model_type')!r} model, which this rnnlab cannot load")
+        from rnnlab.baselines import load_baseline
+        return load_baseline(path, config)
     try:
         model_config = ModelConfig.from_dict(config["model"])
     except (KeyError, TypeError):

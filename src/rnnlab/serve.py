@@ -51,6 +51,7 @@ from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.lm import LanguageModel, load
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,9 @@ def request_model(limits: Limits) -> type[BaseModel]:
         top_p: float | None = Field(None, gt=0, le=1, description="sample from the smallest set of tokens "
                                                                    "with probability mass p")
         greedy: bool = Field(False, description="always take the most likely token")
-        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same text; "
-                                                                       "default: a random one, returned")
+        # at most 2**53 - 1, JavaScript's largest exact integer, so that the page shows the seed it got
+        seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same text; "
+                                                                     "default: a random one, returned")
         stream: bool = Field(False, description="send Server-Sent Events, one per token, then a 'done' event")
 
     return GenerateRequest
@@ -168,6 +170,10 @@ def _sse(data: dict, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {json.dumps(data)}\n\n"
 
 
+STREAM_EXAMPLE = (_sse({"text": "ROMEO:"}) + _sse({"text": "\n"}) + _sse({"text": "I"})
+                  + _sse({"tokens": 2, "seed": 1, "unknown": []}, event="done"))
+
+
 # -- the app ---------------------------------------------------------------------------------------
 
 
@@ -180,7 +186,6 @@ def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
 
     app = FastAPI(title=f"rnnlab: {name}", version=__version__, max_body_size=limits.max_body_bytes,
                   description="Generate text with a recurrent language model trained by rnnlab.")
-    app.state.counters = counters
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -214,11 +219,10 @@ def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
                          config=config)
 
     @app.post("/v1/generate", response_model=Generation, responses={200: {
-        "content": {"text/event-stream": {"example": 'data: {"text": "ROMEO:"}\n\ndata: {"text": "\\n"}\n\n'
-                                                     'event: done\ndata: {"tokens": 1, "seed": 1, "unknown": []}\n\n'}},
-        "description": 'JSON, or with "stream": true one event per piece of text and a final "done" event'}})
+        "description": 'JSON, or with "stream": true one event per piece of text and then a "done" event',
+        "content": {"text/event-stream": {"example": STREAM_EXAMPLE}}}})
     async def generate(request: GenerateRequest):  # type: ignore[valid-type]
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**63)
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         options = dict(prompt=request.prompt or None, length=request.max_tokens, temperature=request.temperature,
                        top_k=request.top_k, top_p=request.top_p, greedy=request.greedy, seed=seed)
         unknown = lm.tokenizer.unknown(request.prompt) if request.prompt else []
@@ -249,6 +253,8 @@ def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
 def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening socket; port 0 picks a free one. Binding here, not in uvicorn, turns a busy
     port into a one-line error, and tells a caller which port it got before the server starts."""
+    if not 0 <= port <= 65535:
+        raise RnnlabError(f"--port must be in 0..65535 (0: any free port), got {port}")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return socket.create_server((host, port), family=family, backlog=128)
@@ -297,18 +303,18 @@ def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                device: str = "cpu", log_level: str = "info") -> int:
     """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status."""
     limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens)
-    lm = load(model_dir, device=device)
-    app = create_app(lm, limits)
-    sock = bind(host, port)
-    # unknown prompt words are reported in each response; the server log need not repeat them
-    warnings.simplefilter("ignore", RnnlabWarning)
-    print(f"serving {lm} on {url_of(sock)}/  (API docs at /docs; Ctrl-C stops)", flush=True)
-    with contextlib.suppress(ValueError):  # a host name, not an address: assume the user means it
-        if not ipaddress.ip_address(host).is_loopback:
-            print(f"rnnlab: warning: listening on {host}: anyone who can reach this machine can use the "
-                  f"model, and there is no authentication", file=sys.stderr, flush=True)
-    try:
-        _server(app, log_level).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # uvicorn shut down cleanly, then passed Ctrl-C on; for a server it is the way to stop
+    with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
+        lm = load(model_dir, device=device)
+        app = create_app(lm, limits)
+        # unknown prompt words are reported in each response; the server log need not repeat them
+        warnings.simplefilter("ignore", RnnlabWarning)
+        print(f"serving {lm} on {url_of(sock)}/  (API docs at /docs; Ctrl-C stops)", flush=True)
+        with contextlib.suppress(ValueError):  # a host name, not an address: the user chose it
+            if not ipaddress.ip_address(host).is_loopback:
+                print(f"rnnlab: warning: listening on {host}: anyone who can reach this machine can use the "
+                      f"model; there is no authentication", file=sys.stderr, flush=True)
+        try:
+            _server(app, log_level).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # uvicorn has shut down cleanly and passes Ctrl-C on; for a server it is the way to stop
     return 0

@@ -496,14 +496,19 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
           valid: str | None = None, test: str | None = None, valid_fraction: float | None = None,
           glob: str = "*.txt", encoding: str = "utf-8", pretokenized: bool | None = None,
           resume: str | Path | None = None, overwrite: bool = False, progress: bool = True,
-          command: str | None = None, log=None, **options) -> LanguageModel:
+          command: str | None = None, log=None, model: str = "rnn", states: int = 64, order: int = 5,
+          em_iterations: int = 20, tokenizer=None, **options):
     """Train a recurrent language model and return it (the best checkpoint).
 
     `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list
     of paths, or a `Corpus`. `options` are `ModelConfig` fields (cell, hidden, layers, ...) and
     `TrainConfig` fields (lr, batch_size, bptt, epochs, time_budget, ...). With `resume`, the run in
     that directory continues from its last checkpoint; its corpus is reused if none is given.
+    `model="hmm"` (with `states`, `em_iterations`) or `model="ngram"` (with `order`) trains a
+    baseline instead (baselines.py). `tokenizer` replaces the one fitted on the training split.
     """
+    if model not in ("rnn", "hmm", "ngram"):
+        raise RnnlabError(f"unknown model {model!r}; choose rnn, hmm or ngram")
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     preset = options.pop("preset", None)
     if preset is not None:
@@ -519,7 +524,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         out = Path(resume)
         saved = checkpoint.read_config(out)
         if saved.get("model_type", "rnn") != "rnn":
-            raise RnnlabError(f"{out} holds a {saved.get('model_type')} model, not an RNN; it cannot be resumed here")
+            raise RnnlabError(f"{out} holds a {saved.get('model_type')} baseline; baselines train in one go "
+                              f"and cannot be resumed (train it again with --overwrite)")
         clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
                    for k, v in model_options.items() if k in saved["model"] and saved["model"][k] != v]
         tok = saved["tokenizer"]
@@ -536,19 +542,22 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             valid, test, valid_fraction, glob, encoding, pretokenized = (c.get(k) for k in _CORPUS_OPTIONS)
     if corpus is None:
         raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
-    level, max_vocab = level or "char", max_vocab or 20_000
-    min_freq, lowercase = min_freq or 1, bool(lowercase)
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus, valid=valid, test=test, valid_fraction=valid_fraction, glob=glob,
                              encoding=encoding, pretokenized=pretokenized, progress=progress)
+    # corpora that come tokenised into words (PTB, WikiText-2) are word-level unless told otherwise
+    level = level or ("word" if corpus.pretokenized else "char")
+    max_vocab, min_freq, lowercase = max_vocab or 20_000, min_freq or 1, bool(lowercase)
 
     if saved is not None:
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
         model_config = ModelConfig.from_dict(saved["model"])
         train_config = TrainConfig(**{**saved["train"], **train_options})
     else:
-        tokenizer = build_tokenizer(level, corpus.train, max_vocab=max_vocab, min_freq=min_freq,
-                                    lowercase=lowercase, pretokenized=corpus.pretokenized)
+        if tokenizer is None:
+            tokenizer = build_tokenizer(level, corpus.train, max_vocab=max_vocab, min_freq=min_freq,
+                                        lowercase=lowercase, pretokenized=corpus.pretokenized)
+        level = tokenizer.kind
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
         train_config = TrainConfig(**train_options)
     train_ids = tokenizer.encode(corpus.train)
@@ -556,6 +565,23 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     test_ids = tokenizer.encode(corpus.test) if corpus.test else None
     if saved is not None and saved["corpus"].get("train_sha256") not in (None, _sha256(train_ids)):
         raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
+
+    if model != "rnn":
+        from rnnlab.baselines import train_baseline
+        if out is None:
+            out = Path("runs") / f"{corpus.name.replace(', ', '+').replace('/', '_')}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = checkpoint.prepare_out_dir(Path(out), overwrite=overwrite)
+        log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
+            f"train {len(train_ids):,} tokens | valid {0 if valid_ids is None else len(valid_ids):,}")
+        log(f"model: {model} ({f'{states} states' if model == 'hmm' else f'order {order}'}) | writing to {out}")
+        run_config = {
+            "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
+            "corpus": _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob,
+                                     encoding),
+            "command": command or ""}
+        return train_baseline(model, out, tokenizer, train_ids, valid_ids, test_ids, run_config, states=states,
+                              order=order, em_iterations=em_iterations, time_budget=train_config.time_budget,
+                              seed=train_config.seed, log=log)
 
     world = distributed.init(train_config.device)
     if world.active:
@@ -582,11 +608,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         "rnnlab_version": __version__, "model_type": "rnn",
         "model": model_config.to_dict(), "train": asdict(train_config),
         "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
-        "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": valid, "test": test,
-                   "valid_fraction": valid_fraction, "glob": glob, "encoding": encoding,
-                   "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
-                   "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
-                   "test_tokens": None if test_ids is None else len(test_ids)},
+        "corpus": _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding),
         "command": command or (saved or {}).get("command", ""),
     }
     lm.config = run_config
@@ -634,6 +656,15 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     checkpoint.write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
     checkpoint.write_text(out / checkpoint.CARD, model_card(run_config, lm))
     return lm
+
+
+def _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding) -> dict:
+    """What config.json records of the corpus: enough to find it again and to check it is the same."""
+    return {"name": corpus.name, "sources": corpus.sources, "valid": valid, "test": test,
+            "valid_fraction": valid_fraction, "glob": glob, "encoding": encoding,
+            "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
+            "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
+            "test_tokens": None if test_ids is None else len(test_ids)}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

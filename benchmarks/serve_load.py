@@ -1,0 +1,112 @@
+"""Load on `rnnlab serve`: N clients streaming at once for a fixed time, on 127.0.0.1.
+
+    .venv/bin/python benchmarks/serve_load.py runs/demo --clients 8 --seconds 15
+    .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000      # a server already running
+
+Without --url it starts the server itself, in its own process (so that the clients do not share
+its GIL), on a free port. Each client is one connection that loops until the time is up: POST
+/v1/generate with "stream": true, read to the "done" event. Requests still streaming when the
+time is up are read to the end and counted. Time to first token is from sending the request
+to the first generated token: the event after the prompt's echo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+
+SERVER = ("import sys; from rnnlab.serve import main_serve; "
+          "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning'))")
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
+    """(seconds to the first generated token, tokens) of one streamed generation."""
+    started = time.perf_counter()
+    first_token = tokens = None
+    async with client.stream("POST", "/v1/generate", json=body) as response:
+        response.raise_for_status()
+        pieces, event = 0, "message"
+        async for line in response.aiter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "done":
+                tokens = json.loads(line.removeprefix("data:"))["tokens"]
+            elif line.startswith("data:"):
+                pieces += 1
+                if pieces == 2:
+                    first_token = time.perf_counter() - started
+    if first_token is None or tokens != pieces - 1:
+        raise RuntimeError(f"{pieces} pieces, done event says {tokens} tokens")
+    return first_token, tokens
+
+
+async def client_loop(url: str, body: dict, deadline: float, results: list, errors: list) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        while time.perf_counter() < deadline:
+            try:
+                results.append(await one_request(client, body))
+            except (httpx.HTTPError, RuntimeError, ValueError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+
+
+async def load(url: str, clients: int, seconds: float, body: dict) -> None:
+    results: list[tuple[float, int]] = []
+    errors: list[str] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(url, body, started + seconds, results, errors) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+
+    print(f"clients   {clients} for {seconds:g} s, {body['max_tokens']} tokens per request, "
+          f"prompt {body['prompt']!r}")
+    if results:
+        ttft = sorted(first for first, _ in results)
+        p99 = statistics.quantiles(ttft, n=100, method="inclusive")[98] if len(ttft) > 1 else ttft[0]
+        tokens = sum(n for _, n in results)
+        print(f"requests  {len(results)} in {elapsed:.1f} s: {len(results) / elapsed:.1f} requests/s, "
+              f"{tokens / elapsed:,.0f} tokens/s")
+        print(f"ttft      p50 {1000 * statistics.median(ttft):.1f} ms, p99 {1000 * p99:.1f} ms")
+    print(f"errors    {len(errors)}" + "".join(f"\n  {e}" for e in sorted(set(errors))[:5]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="model directory to serve (omit with --url)")
+    parser.add_argument("--url", help="an rnnlab server already running, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default: 8)")
+    parser.add_argument("--seconds", type=float, default=15, help="how long to keep starting requests (default: 15)")
+    parser.add_argument("--max-tokens", type=int, default=200, help="tokens per request (default: 200)")
+    parser.add_argument("--prompt", default="ROMEO:", help="prompt of every request (default: ROMEO:)")
+    args = parser.parse_args()
+    if not (args.model or args.url):
+        parser.error("give a MODEL directory to serve, or the --url of a running server")
+
+    body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True}
+    server = None
+    url = args.url
+    if url is None:
+        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model], stdout=subprocess.PIPE, text=True)
+        banner = server.stdout.readline()  # "serving LanguageModel(...) on http://127.0.0.1:PORT/ ..."
+        found = re.search(r"http://\S+?(?=/)", banner)
+        if not found:
+            server.kill()
+            sys.exit(f"the server did not start: {banner!r}")
+        url = found.group()
+        print(f"server    {banner.split(' on ')[0].removeprefix('serving ')} at {url}")
+    try:
+        asyncio.run(load(url, args.clients, args.seconds, body))
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
