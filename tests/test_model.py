@@ -69,3 +69,17 @@ def test_explicit_impl_is_a_drop_in_for_the_torch_kernels(cell, input):
     explicit.load_state_dict(fast.state_dict())
     idx = torch.randint(13, (3, 7))
     assert torch.allclose(fast(idx)[0], explicit(idx)[0], atol=1e-12)
+
+
+def test_adaptive_softmax_loss_matches_its_log_probabilities():
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=3000, hidden=16, embed_dim=16, layers=1, softmax="adaptive", cutoffs=(100, 1000)))
+    idx, targets = torch.randint(3000, (2, 7)), torch.randint(3000, (2, 7))
+    logits, loss, _ = net(idx, targets=targets)
+    assert logits is None
+    log_probs, _, _ = net(idx)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 7), atol=1e-5)      # a distribution over V
+    expected = -log_probs.reshape(-1, 3000).gather(1, targets.reshape(-1, 1)).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    with pytest.raises(RnnlabError, match="too small for --softmax adaptive"):
+        ModelConfig(vocab_size=500, softmax="adaptive")

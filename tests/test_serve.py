@@ -35,16 +35,28 @@ def lm(tmp_path_factory) -> rnnlab.LanguageModel:
                         batch_size=8, bptt=32, max_steps=20, progress=False, log=lambda m: None)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def url(lm) -> Iterator[str]:
-    """A fresh server per test, so that counters and open streams never leak between tests."""
+    with running(create_app(lm, LIMITS)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def own_url(lm) -> Iterator[str]:
+    """A server of this test's own, for tests that count the generations running on it."""
     with running(create_app(lm, LIMITS)) as url:
         yield url
 
 
 @pytest.fixture
-def client(url) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=30) as client:
+def own_client(own_url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=own_url, timeout=30) as client:
         yield client
 
 
@@ -133,10 +145,13 @@ def test_stream_sends_the_prompt_then_one_event_per_token_then_done(client):
     assert done == {"tokens": 60, "seed": 5, "unknown": []}
 
 
-def test_streamed_pieces_join_to_the_json_text_with_the_same_seed(client):
+def test_streamed_pieces_join_to_the_json_text_with_the_same_seed(client, lm):
     body = {"prompt": "JULIET:\n", "max_tokens": 120, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 11}
     pieces, _ = stream(client, **body)
-    assert "".join(pieces) == client.post("/v1/generate", json=body).json()["text"]
+    text = client.post("/v1/generate", json=body).json()["text"]
+    assert "".join(pieces) == text
+    # and both are what the library writes with the same options
+    assert text == lm.generate("JULIET:\n", length=120, temperature=0.8, top_k=20, top_p=0.9, seed=11)
 
 
 # -- the other endpoints -----------------------------------------------------------------------------
@@ -153,8 +168,8 @@ def test_model_card_has_config_vocabulary_results_and_limits(client, lm):
     assert card["limits"] == {"max_prompt_chars": 100, "max_tokens": 100_000}
 
 
-def test_healthz_is_ok_and_idle(client):
-    assert health(client) == {"status": "ok", "active_generations": 0, "tokens_generated": 0}
+def test_healthz_is_ok_and_idle(own_client):
+    assert health(own_client) == {"status": "ok", "active_generations": 0, "tokens_generated": 0}
 
 
 def test_openapi_schema_documents_the_endpoints_and_this_servers_caps(client):
@@ -269,7 +284,8 @@ def test_no_request_body_gets_a_server_error(small_server, body):
 # -- many clients --------------------------------------------------------------------------------------
 
 
-def test_long_stream_does_not_hold_up_a_short_request(client, url):
+def test_long_stream_does_not_hold_up_a_short_request(own_client, own_url):
+    client, url = own_client, own_url
     with client.stream("POST", "/v1/generate", json={"prompt": "ROMEO:", "max_tokens": LONG, "stream": True}) as long:
         long_events = events(long)
         for _ in range(10):
@@ -283,7 +299,8 @@ def test_long_stream_does_not_hold_up_a_short_request(client, url):
         assert health(client)["active_generations"] == 1
 
 
-def test_client_that_hangs_up_mid_stream_stops_its_generation(client, url):
+def test_client_that_hangs_up_mid_stream_stops_its_generation(own_client, own_url):
+    client, url = own_client, own_url
     with httpx.stream("POST", url + "/v1/generate", json={"prompt": "ROMEO:", "max_tokens": LONG, "stream": True},
                       timeout=30) as response:
         long_events = events(response)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import rnnlab
-from conftest import shakespeare
+from conftest import DATA, shakespeare
 from rnnlab import checkpoint
 from rnnlab.corpus import Corpus
 from rnnlab.errors import RnnlabError
@@ -135,3 +135,24 @@ def test_preset_sets_a_recipe_and_explicit_options_override_it(tmp_path):
     assert config["model"]["hidden"] == 24 and config["train"]["max_steps"] == 3
     with pytest.raises(RnnlabError, match="unknown preset"):
         rnnlab.train(corpus(), tmp_path / "n", preset="gpt-5", progress=False)
+
+
+def test_bf16_training_lowers_the_loss_like_fp32(tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        rnnlab.train(corpus(), tmp_path / precision, max_steps=80, lr=1e-2, log_every=10, precision=precision, **TINY)
+        losses[precision] = [r["train_loss"] for r in metrics(tmp_path / precision) if "train_loss" in r]
+    assert losses["bf16"][-1] < losses["bf16"][0] - 0.8
+    assert abs(losses["bf16"][-1] - losses["fp32"][-1]) < 0.15
+
+
+def test_adaptive_softmax_trains_a_word_model(tmp_path):
+    text = (DATA / "ptb" / "ptb.train.txt").read_text()[:300_000]
+    lm = rnnlab.train(Corpus("ptb-slice", text[:270_000], text[270_000:], pretokenized=True), tmp_path / "a",
+                      level="word", softmax="adaptive", cutoffs=(500, 2000), max_steps=60, lr=1e-2, log_every=10,
+                      **TINY)
+    records = [r["train_loss"] for r in metrics(tmp_path / "a") if "train_loss" in r]
+    assert records[-1] < records[0] - 1.0
+    again = rnnlab.load(tmp_path / "a")
+    assert again.evaluate(text[270_000:])["loss"] == pytest.approx(lm.config["results"]["valid"]["loss"], rel=1e-5)
+    assert again.generate("the company", length=10, seed=0).startswith("the company")

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tie-weights", action="store_true", default=SUPPRESS, help="share embedding and softmax weights")
     g.add_argument("--impl", default=SUPPRESS, metavar="IMPL",
                    help="torch (fused kernels) | explicit (the textbook equations of cells.py; slow) (default: torch)")
+    g.add_argument("--softmax", default=SUPPRESS, metavar="KIND",
+                   help="full | adaptive (Grave et al. 2017, for large word vocabularies) (default: full)")
+    g.add_argument("--cutoffs", type=lambda v: tuple(int(x) for x in v.split(",")), default=SUPPRESS, metavar="N,N",
+                   help="adaptive softmax cluster boundaries, e.g. 2000,10000 (default: chosen from the vocabulary)")
     g.add_argument("--init-range", type=float, metavar="R", default=SUPPRESS, help="uniform(-r, r) init of recurrent weights (default: torch's)")
     g = p.add_argument_group("training")
     for name, kind, text in (
@@ -109,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval-batch-size", int, "streams when validating"), ("patience", int, "early stop after N bad validations"),
         ("save-every", int, "steps between checkpoints (default: at validations)"),
         ("sample-every", int, "steps between printed samples"), ("log-every", int, "steps between metrics lines"),
-        ("seed", int, "random seed"), ("device", str, "auto | cpu | cuda | mps"),
+        ("precision", str, "fp32 | bf16 (autocast)"), ("seed", int, "random seed"),
+        ("device", str, "auto | cpu | cuda | mps"),
     ):
         default = train_d[name.replace("-", "_")]
         g.add_argument(f"--{name}", type=kind, default=SUPPRESS, metavar="MINUTES" if name == "time-budget" else {int: "N", float: "X"}.get(kind, "NAME"),

@@ -33,9 +33,8 @@ def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
     net.eval()
     total, count, hidden = torch.zeros((), dtype=torch.float64, device=device), 0, None
     for _, x, y in windows(data, chunk):
-        logits, _, hidden = net(x, hidden)
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").double()
+        _, loss, hidden = net(x, hidden, targets=y)                         # mean over the window
+        total += loss.double() * y.numel()
         count += y.numel()
         hidden = detach(hidden)
     net.train(was_training)

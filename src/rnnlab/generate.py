@@ -61,10 +61,11 @@ class Stepper:
         self.net = net
         config = net.config
         self.cell = config.cell
-        self.fast = config.input == "learned" and isinstance(net.rnn, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU))
+        self.fast = (config.input == "learned" and net.decoder is not None
+                     and isinstance(net.rnn, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU)))
         self.layers = [tuple(getattr(net.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                       for k in range(config.layers)]
-        self.step_function = self._CELL_FUNCTIONS[self.cell]
+                       for k in range(config.layers)] if self.fast else []
+        self.step_function = self._CELL_FUNCTIONS.get(self.cell)
 
     def __call__(self, token: torch.Tensor, hidden):
         """token (B,), hidden as nn.RNN/LSTM/GRU returns it -> logits (B, V), new hidden."""

@@ -40,6 +40,8 @@ class ModelConfig:
     tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
     init_range: float | None = None  # uniform(-r, r) for recurrent weights (Zaremba: 0.1); None: torch's default
     impl: str = "torch"           # torch: fused nn.RNN/LSTM/GRU kernels; explicit: the equations in cells.py (slow, for study)
+    softmax: str = "full"         # full | adaptive (Grave et al. 2017): frequent words get the full width, rare ones less
+    cutoffs: tuple[int, ...] = ()  # adaptive: vocabulary boundaries of the clusters; () picks 2k/10k/50k-style ones
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -55,14 +57,33 @@ class ModelConfig:
             raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
             raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
+        if self.softmax not in ("full", "adaptive"):
+            raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
+        if self.softmax == "adaptive":
+            if self.tie_weights:
+                raise RnnlabError("--softmax adaptive cannot be combined with --tie-weights")
+            self.cutoffs = tuple(self.cutoffs) or default_cutoffs(self.vocab_size)
+            if list(self.cutoffs) != sorted(set(self.cutoffs)) or not 0 < self.cutoffs[0] or \
+                    self.cutoffs[-1] >= self.vocab_size:
+                raise RnnlabError(f"--cutoffs must increase strictly between 0 and the vocabulary size "
+                                  f"({self.vocab_size}), got {list(self.cutoffs)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        data = {**data, "cutoffs": tuple(data.get("cutoffs") or ())}
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def default_cutoffs(vocab_size: int) -> tuple[int, ...]:
+    """Cluster boundaries for the adaptive softmax: a head of the most frequent ~2-4k words."""
+    cutoffs = tuple(c for c in (2000, 10_000, 50_000) if c < vocab_size)
+    if not cutoffs:
+        raise RnnlabError(f"a vocabulary of {vocab_size} is too small for --softmax adaptive; use full")
+    return cutoffs
 
 
 class RNNLM(nn.Module):
@@ -89,6 +110,11 @@ class RNNLM(nn.Module):
             self.rnn = rnn_class(input_size, H, num_layers=config.layers, batch_first=True, dropout=between, **extra)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = nn.Linear(H, V)
+        if config.softmax == "adaptive":
+            # the vocabulary is sorted by frequency (tokenize.py), as the adaptive softmax needs
+            del self.decoder
+            self.decoder = None
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(H, V, list(config.cutoffs), div_value=4.0)
         self._init_weights()
         if config.input == "onehot":
             with torch.no_grad():
@@ -102,22 +128,32 @@ class RNNLM(nn.Module):
     def _init_weights(self):
         # small uniform input and output tables, as in pytorch/examples word_language_model
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+        if self.decoder is not None:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
         if self.config.init_range is not None:
             for p in self.rnn.parameters():
                 nn.init.uniform_(p, -self.config.init_range, self.config.init_range)
 
     def forward(self, idx: torch.Tensor, hidden=None, targets: torch.Tensor | None = None):
-        """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden."""
+        """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden.
+
+        With the adaptive softmax the loss never needs all V logits, so with targets the logits
+        are None; without targets they are log-probabilities (valid logits for sampling)."""
         x = self.encoder(idx)                       # (B, T, E)
         if self.config.input != "onehot":
             x = self.drop(x)
         out, hidden = self.rnn(x, hidden)           # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
-        logits = self.decoder(self.drop(out))       # (B, T, V)
+        out = self.drop(out)
+        if self.decoder is None:
+            flat = out.reshape(-1, out.size(-1)).float()                       # (B*T, H)
+            if targets is not None:
+                return None, self.adaptive(flat, targets.reshape(-1)).loss, hidden
+            return self.adaptive.log_prob(flat).view(*out.shape[:2], -1), None, hidden
+        logits = self.decoder(out)                  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss, hidden
 
     def num_parameters(self) -> int:

@@ -72,12 +72,15 @@ class TrainConfig:
     sample_every: int | None = None  # steps between printed samples
     log_every: int = 50             # steps between metrics.jsonl lines
     skip_nonfinite: bool = False    # skip a step whose loss or gradient is NaN/inf instead of stopping
+    precision: str = "fp32"         # fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay fp32)
     seed: int = 1337
     device: str = "auto"            # auto | cpu | cuda | mps
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise RnnlabError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise RnnlabError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
         if self.schedule not in SCHEDULES:
             raise RnnlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("batch_size", "bptt", "eval_batch_size", "log_every"):
@@ -297,7 +300,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
-        _, loss, hidden = self.model(x, self.hidden, targets=y)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            _, loss, hidden = self.model(x, self.hidden, targets=y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
