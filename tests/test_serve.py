@@ -161,7 +161,7 @@ def test_model_card_has_config_vocabulary_results_and_limits(client, lm):
     card = client.get("/v1/model").json()
     assert card["name"] == "tiny" and card["level"] == "char"
     assert card["vocab_size"] == lm.tokenizer.vocab_size
-    assert card["parameters"] == lm.net.num_parameters()
+    assert card["parameters"] == lm.num_parameters()
     assert card["config"]["model"]["hidden"] == 32
     assert card["steps"] == 20 and card["train_seconds"] >= 0
     assert card["results"]["valid"]["perplexity"] > 1

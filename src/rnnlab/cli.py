@@ -73,12 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a documented recipe whose settings your own options override: " + ", ".join(_presets()))
     _add_corpus_options(p)
     g = p.add_argument_group("encoding")
-    g.add_argument("--level", default=SUPPRESS, metavar="LEVEL", help="char | word (default: char)")
+    g.add_argument("--level", default=SUPPRESS, metavar="LEVEL",
+                   help="char | word | bpe (default: char; word for tokenised corpora)")
     g.add_argument("--max-vocab", type=int, metavar="N", default=SUPPRESS, help="word level: vocabulary cap incl. <unk>, <eos> (default: 20000)")
     g.add_argument("--min-freq", type=int, metavar="N", default=SUPPRESS, help="word level: drop words seen fewer times (default: 1)")
     g.add_argument("--lowercase", action="store_true", default=SUPPRESS, help="word level: lowercase the text")
     g.add_argument("--input", default=SUPPRESS, metavar="KIND",
                    help=f"input layer: learned embedding or the textbook's one-hot x_t (default: {model_d['input']})")
+    g.add_argument("--embedding", default=SUPPRESS, metavar="KIND",
+                   help="learned (default) | onehot | word2vec (trained on the training split) | PATH of GloVe or "
+                        "word2vec vectors")
+    g.add_argument("--embedding-format", default=SUPPRESS, metavar="FMT",
+                   help="glove | word2vec | word2vec-binary (default: detected)")
+    g.add_argument("--freeze-embeddings", action="store_true", default=SUPPRESS, help="keep the embedding fixed")
+    g.add_argument("--w2v-cbow", dest="w2v_skipgram", action="store_false", default=SUPPRESS,
+                   help="word2vec: CBOW instead of skip-gram")
+    g.add_argument("--w2v-window", type=int, default=SUPPRESS, metavar="N", help="word2vec: context window (default: 5)")
+    g.add_argument("--w2v-epochs", type=int, default=SUPPRESS, metavar="N", help="word2vec: epochs (default: 5)")
+    g.add_argument("--w2v-min-count", type=int, default=SUPPRESS, metavar="N",
+                   help="word2vec: ignore rarer tokens (default: 1)")
+    g.add_argument("--vocab-size", dest="max_vocab", type=int, default=SUPPRESS, metavar="N",
+                   help="bpe: vocabulary size (default: 4096)")
     g.add_argument("--embed-dim", type=int, metavar="N", default=SUPPRESS, help=f"embedding width (default: {model_d['embed_dim']})")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=SUPPRESS, metavar="KIND",
@@ -193,12 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument("--out", metavar="DIR", default=None, help="write hopfield.csv and hopfield.png here")
 
+    # -- serve --------------------------------------------------------------------------------------
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON/SSE API and a web page",
+                       description="Serve MODEL at http://HOST:PORT/: a page to try it, POST /v1/generate (JSON, or "
+                                   "Server-Sent Events with \"stream\": true), GET /v1/model, GET /healthz, /docs.")
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--max-prompt-chars", type=int, default=SUPPRESS, metavar="N", help="longest prompt (default: 4000)")
+    p.add_argument("--max-tokens", type=int, default=SUPPRESS, metavar="N", help="most tokens per request (default: 2000)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps (default: cpu)")
+
     # -- corpora, download, info ---------------------------------------------------------------------
     sub.add_parser("corpora", help="list the built-in and named corpora and where they are cached")
     p = sub.add_parser("download", help="download named corpora into the cache now")
     p.add_argument("names", nargs="+", metavar="NAME")
     p = sub.add_parser("info", help="show a model directory's card: config and results")
     p.add_argument("model", metavar="MODEL")
+    p = sub.add_parser("neighbors", help="nearest words to WORD in a model's input embedding")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("word", metavar="WORD")
+    p.add_argument("-k", type=int, default=10, help="how many (default: 10)")
+    p = sub.add_parser("embeddings", help="export a model's input embedding as a word2vec text file")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--out", metavar="FILE", required=True)
     return parser
 
 
@@ -378,9 +411,46 @@ def cmd_hopfield(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedding_table(path: str):
+    from rnnlab.lm import load
+    lm = load(path)
+    if getattr(lm, "net", None) is None or lm.net.config.input != "learned":
+        raise RnnlabError(f"{path} has no learned input embedding (one-hot input or a baseline model)")
+    return lm
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from rnnlab.serve import main_serve
+    except ImportError as e:
+        raise RnnlabError(f"rnnlab serve needs FastAPI and uvicorn ({e.name} is missing): "
+                          "pip install 'rnnlab[serve]'") from None
+    limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens") if hasattr(args, k)}
+    return main_serve(args.model, args.host, args.port, device=args.device, **limits)
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from rnnlab.embeddings import nearest
+    lm = _embedding_table(args.model)
+    for word, similarity in nearest(lm.net.encoder.weight, lm.tokenizer.vocab, args.word, args.k):
+        print(f"{similarity:7.3f}  {word}")
+    return 0
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from rnnlab.embeddings import export
+    lm = _embedding_table(args.model)
+    if lm.tokenizer.kind == "char":
+        raise RnnlabError("a char-level vocabulary has whitespace tokens, which word2vec text files cannot hold")
+    export(lm.net.encoder.weight, lm.tokenizer.vocab, args.out)
+    print(f"wrote {lm.tokenizer.vocab_size:,} vectors of {lm.net.encoder.weight.size(1)} dimensions to {args.out}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "corpora": cmd_corpora,
             "download": cmd_download, "info": cmd_info, "reference-train": cmd_reference_train,
-            "hopfield": cmd_hopfield, "compare": cmd_compare}
+            "hopfield": cmd_hopfield, "compare": cmd_compare, "neighbors": cmd_neighbors,
+            "embeddings": cmd_embeddings, "serve": cmd_serve}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

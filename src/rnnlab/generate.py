@@ -29,7 +29,8 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
     """logits (B, V) -> token ids (B,)."""
     if greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # shift the maximum to 0 before dividing: a tiny temperature then gives 0 and -inf, never inf - inf
+    logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]                  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -38,6 +38,7 @@ class ModelConfig:
     layers: int = 2               # stacked recurrent layers
     dropout: float = 0.0          # on the input, between layers and before the softmax (Zaremba et al. 2014)
     tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
+    freeze_embeddings: bool = False  # keep the input embedding fixed (pretrained vectors stay as they are)
     init_range: float | None = None  # uniform(-r, r) for recurrent weights (Zaremba: 0.1); None: torch's default
     impl: str = "torch"           # torch: fused nn.RNN/LSTM/GRU kernels; explicit: the equations in cells.py (slow, for study)
     softmax: str = "full"         # full | adaptive (Grave et al. 2017): frequent words get the full width, rare ones less
@@ -57,6 +58,8 @@ class ModelConfig:
             raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
             raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
+        if self.freeze_embeddings and (self.tie_weights or self.input != "learned"):
+            raise RnnlabError("--freeze-embeddings needs a learned (or pretrained) embedding and no --tie-weights")
         if self.softmax not in ("full", "adaptive"):
             raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
         if self.softmax == "adaptive":
@@ -124,6 +127,8 @@ class RNNLM(nn.Module):
             self.rnn.bias_ih_l0.requires_grad_(False)
         if config.tie_weights:
             self.decoder.weight = self.encoder.weight
+        if config.freeze_embeddings:
+            self.encoder.weight.requires_grad_(False)
 
     def _init_weights(self):
         # small uniform input and output tables, as in pytorch/examples word_language_model

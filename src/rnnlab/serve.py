@@ -48,7 +48,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rnnlab import __version__
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.lm import LanguageModel, load
+from rnnlab.lm import TextModel, load
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
 MAX_SEED = 2**53 - 1
@@ -147,7 +147,7 @@ def _advance(pieces: Iterator[str]) -> str | None:
         return next(pieces, None)
 
 
-async def _pieces(lm: LanguageModel, options: dict, counters: Counters) -> AsyncIterator[str]:
+async def _pieces(lm: TextModel, options: dict, counters: Counters) -> AsyncIterator[str]:
     """lm.stream, one thread-pool hop per piece: first the prompt, then one piece per new token."""
     pieces = lm.stream(**options)
     counters.active_generations += 1
@@ -177,7 +177,7 @@ STREAM_EXAMPLE = (_sse({"text": "ROMEO:"}) + _sse({"text": "\n"}) + _sse({"text"
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
+def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
     """The FastAPI app serving `lm`; run it with uvicorn (main_serve, or `running` in a thread)."""
     name = lm.path.name if lm.path else "model"
     index_html = files("rnnlab").joinpath("static", "index.html").read_text(encoding="utf-8")
@@ -213,7 +213,7 @@ def create_app(lm: LanguageModel, limits: Limits = Limits()) -> FastAPI:
     async def model_card() -> ModelCard:
         config = lm.config
         return ModelCard(name=name, level=lm.tokenizer.kind, vocab_size=lm.tokenizer.vocab_size,
-                         parameters=lm.net.num_parameters(), results=config.get("results", {}),
+                         parameters=lm.num_parameters(), results=config.get("results", {}),
                          steps=config.get("steps"), train_seconds=config.get("train_seconds"),
                          limits={"max_prompt_chars": limits.max_prompt_chars, "max_tokens": limits.max_tokens},
                          config=config)

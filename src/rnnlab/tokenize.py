@@ -1,11 +1,13 @@
 """Tokenizers: text <-> integer ids, and the vocabulary.
 
-Two levels:
+Three levels:
 - `CharTokenizer`: one token per character (Karpathy's char-rnn); `<unk>` for characters the
   training split never showed.
 - `WordTokenizer`: words and punctuation as tokens (or whitespace-split words for corpora that
   come tokenised, such as PTB); a capped vocabulary, `<unk>` for the rest, `<eos>` at every line
   end (the PTB convention of Mikolov and Zaremba).
+- `BPETokenizer`: byte-level byte-pair encoding (Sennrich et al. 2016; GPT-2's byte level), trained
+  with Hugging Face `tokenizers`: any text in, the same text out, no `<unk>`.
 
 A tokenizer is saved as JSON beside the model, so sampling never needs the corpus.
 """
@@ -141,6 +143,61 @@ class WordTokenizer:
         return {"type": "word", "vocab": self.vocab, "lowercase": self.lowercase, "split": self.split}
 
 
+class BPETokenizer:
+    kind = "bpe"
+    unk_id = None
+    eos_id = None
+
+    def __init__(self, backend):
+        self.backend = backend  # a tokenizers.Tokenizer
+        self.vocab = [backend.id_to_token(i) for i in range(backend.get_vocab_size())]
+
+    @classmethod
+    def fit(cls, text: str, *, vocab_size: int = 4096) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        if vocab_size < 257:
+            raise RnnlabError(f"--vocab-size must be at least 257 for byte-level BPE (256 bytes + merges), got {vocab_size}")
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        backend.train_from_iterator(_chunks(text), trainer=trainer)
+        return cls(backend)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = array("q")
+        for encoding in self.backend.encode_batch(list(_chunks(text))):
+            ids.extend(encoding.ids)
+        return np.frombuffer(ids, dtype=np.int64).copy()
+
+    def unknown(self, text: str) -> list[str]:
+        return []  # bytes cover everything
+
+    def detokenizer(self) -> "Detokenizer":
+        return Detokenizer(self)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode([int(i) for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        return self.backend.decode([int(token_id)])
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "tokenizer": self.backend.to_str()}
+
+
+def _chunks(text: str, lines: int = 2000):
+    """Text in pieces of whole lines (newlines kept), so that tokenizers can work in batches."""
+    parts = text.splitlines(keepends=True)
+    for i in range(0, len(parts), lines):
+        yield "".join(parts[i:i + lines])
+
+
 class Detokenizer:
     """Turns a stream of ids into readable text piece by piece (for streaming output).
 
@@ -153,8 +210,16 @@ class Detokenizer:
         self.line_start = True
         self.glue_next = False
         self.quote_open = False
+        self.pending: list[int] = []  # bpe: bytes of a character split over several tokens
 
     def __call__(self, token_id: int) -> str:
+        if self.tokenizer.kind == "bpe":
+            self.pending.append(int(token_id))
+            text = self.tokenizer.decode(self.pending)
+            if text.endswith("\ufffd") and len(self.pending) < 4:
+                return ""  # an incomplete UTF-8 sequence: wait for the rest of the character
+            self.pending = []
+            return text
         piece = self.tokenizer.piece(int(token_id))
         if self.tokenizer.kind == "char":
             return piece
@@ -174,13 +239,16 @@ class Detokenizer:
 
 
 def build_tokenizer(level: str, train_text: str, *, max_vocab: int = 20_000, min_freq: int = 1,
-                    lowercase: bool = False, pretokenized: bool = False) -> CharTokenizer | WordTokenizer:
+                    lowercase: bool = False, pretokenized: bool = False):
+    """Fit a tokenizer on the training split only. For bpe, `max_vocab` is the BPE vocabulary size."""
+    if level == "bpe":
+        return BPETokenizer.fit(train_text, vocab_size=max_vocab)
     if level == "char":
         return CharTokenizer.fit(train_text)
     if level == "word":
         return WordTokenizer.fit(train_text, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase,
                                  split="whitespace" if pretokenized else "words")
-    raise RnnlabError(f"unknown level {level!r}; choose char or word")
+    raise RnnlabError(f"unknown level {level!r}; choose char, word or bpe")
 
 
 def tokenizer_from_dict(data: dict) -> CharTokenizer | WordTokenizer:
@@ -190,4 +258,7 @@ def tokenizer_from_dict(data: dict) -> CharTokenizer | WordTokenizer:
     if kind == "word":
         return WordTokenizer(list(data["vocab"]), lowercase=bool(data.get("lowercase")),
                              split=data.get("split", "words"))
+    if kind == "bpe":
+        from tokenizers import Tokenizer
+        return BPETokenizer(Tokenizer.from_str(data["tokenizer"]))
     raise RnnlabError(f"unknown tokenizer type {kind!r} in tokenizer.json")

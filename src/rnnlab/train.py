@@ -501,7 +501,9 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
           glob: str = "*.txt", encoding: str = "utf-8", pretokenized: bool | None = None,
           resume: str | Path | None = None, overwrite: bool = False, progress: bool = True,
           command: str | None = None, log=None, model: str = "rnn", states: int = 64, order: int = 5,
-          em_iterations: int = 20, tokenizer=None, **options):
+          em_iterations: int = 20, tokenizer=None, embedding: str | None = None,
+          embedding_format: str | None = None, w2v_skipgram: bool = True, w2v_window: int = 5, w2v_epochs: int = 5,
+          w2v_min_count: int = 1, **options):
     """Train a recurrent language model and return it (the best checkpoint).
 
     `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list
@@ -510,6 +512,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     that directory continues from its last checkpoint; its corpus is reused if none is given.
     `model="hmm"` (with `states`, `em_iterations`) or `model="ngram"` (with `order`) trains a
     baseline instead (baselines.py). `tokenizer` replaces the one fitted on the training split.
+    `embedding` is learned (default), onehot, word2vec (trained on the training split with the
+    `w2v_*` options) or the path of a GloVe / word2vec file (embeddings.py).
     """
     if model not in ("rnn", "hmm", "ngram"):
         raise RnnlabError(f"unknown model {model!r}; choose rnn, hmm or ngram")
@@ -522,6 +526,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         level = level or recipe.pop("level", None)
         recipe.pop("level", None)
         options = {**recipe, **options}
+    if embedding == "onehot":
+        options["input"] = "onehot"
     model_options, train_options = _split_options(options)
     saved = None
     if resume is not None:
@@ -536,6 +542,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         clashes += [f"--{k.replace('_', '-')} {v} (the run has {tok[k]})"
                     for k, v in (("level", level), ("max_vocab", max_vocab), ("min_freq", min_freq),
                                  ("lowercase", lowercase)) if v is not None and tok.get(k) != v]
+        if embedding not in (None, "learned", "onehot"):
+            clashes.append(f"--embedding {embedding} (pretrained vectors only initialise a new model)")
         if clashes:
             raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
                               f"drop those options or train a new model with --out")
@@ -551,7 +559,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
                              encoding=encoding, pretokenized=pretokenized, progress=progress)
     # corpora that come tokenised into words (PTB, WikiText-2) are word-level unless told otherwise
     level = level or ("word" if corpus.pretokenized else "char")
-    max_vocab, min_freq, lowercase = max_vocab or 20_000, min_freq or 1, bool(lowercase)
+    max_vocab = max_vocab or (4096 if level == "bpe" else 20_000)
+    min_freq, lowercase = min_freq or 1, bool(lowercase)
 
     if saved is not None:
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
@@ -562,6 +571,12 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             tokenizer = build_tokenizer(level, corpus.train, max_vocab=max_vocab, min_freq=min_freq,
                                         lowercase=lowercase, pretokenized=corpus.pretokenized)
         level = tokenizer.kind
+        vectors = None
+        if embedding not in (None, "learned", "onehot"):
+            vectors = _word_vectors(embedding, embedding_format, tokenizer, corpus, model_options, log,
+                                    skipgram=w2v_skipgram, window=w2v_window, epochs=w2v_epochs,
+                                    min_count=w2v_min_count, seed=train_options.get("seed", 1337))
+            model_options.setdefault("embed_dim", vectors.vector_size)
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
         train_config = TrainConfig(**train_options)
     train_ids = tokenizer.encode(corpus.train)
@@ -605,6 +620,14 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = distributed.device_for(world, pick_device(train_config.device))
     net = RNNLM(model_config)
+    embedding_record = {"source": embedding or ("onehot" if model_config.input == "onehot" else "learned")}
+    if saved is None and vectors is not None:
+        from rnnlab.embeddings import initialise
+        coverage = initialise(net.encoder.weight, tokenizer.vocab, vectors)
+        embedding_record.update(format=embedding_format, coverage=coverage)
+        log(f"embedding: {coverage['found']:,} of {coverage['total']:,} vocabulary entries found in the vectors "
+            f"({100 * coverage['found'] / coverage['total']:.1f}%); the others start at random with the same scale"
+            + (f", e.g. {', '.join(coverage['missing_examples'][:5])}" if coverage["missing_examples"] else ""))
     lm = LanguageModel(net, tokenizer, {}, out).to(device)
     if world.active:
         torch.manual_seed(train_config.seed + world.rank)  # different dropout masks on different ranks
@@ -614,6 +637,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
         "corpus": _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding),
         "command": command or (saved or {}).get("command", ""),
+        "embedding": (saved or {}).get("embedding") or embedding_record,
     }
     lm.config = run_config
     trainer = Trainer(lm, train_ids, valid_ids, train_config, out, run_config, progress=progress, log=log,
@@ -660,6 +684,31 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     checkpoint.write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
     checkpoint.write_text(out / checkpoint.CARD, model_card(run_config, lm))
     return lm
+
+
+def _word_vectors(embedding: str, fmt: str | None, tokenizer, corpus: Corpus, model_options: dict, log, *,
+                  skipgram: bool, window: int, epochs: int, min_count: int, seed: int):
+    """Pretrained vectors from a file, or word2vec vectors trained on the training split."""
+    from rnnlab import embeddings
+    if embedding != "word2vec":
+        vectors = embeddings.load_vectors(embedding, fmt)
+        given = model_options.get("embed_dim")
+        if given is not None and given != vectors.vector_size:
+            raise RnnlabError(f"{embedding} has {vectors.vector_size}-dimensional vectors but --embed-dim is {given}; "
+                              f"drop --embed-dim to use {vectors.vector_size}")
+        return vectors
+    dim = model_options.get("embed_dim", ModelConfig.__dataclass_fields__["embed_dim"].default)
+    ids = tokenizer.encode(corpus.train)
+    words = np.array(tokenizer.vocab, dtype=object)[ids]
+    if tokenizer.eos_id is not None and tokenizer.kind == "word":
+        cuts = np.flatnonzero(ids == tokenizer.eos_id) + 1        # sentences end at <eos>
+    else:
+        cuts = np.arange(100, len(ids), 100)                       # no sentences: windows of 100 tokens
+    sentences = [list(part) for part in np.split(words, cuts) if len(part)]
+    log(f"training {'skip-gram' if skipgram else 'CBOW'} word2vec ({dim} dims, window {window}, {epochs} epochs) "
+        f"on {len(ids):,} training tokens")
+    return embeddings.train_word2vec(sentences, dim=dim, skipgram=skipgram, window=window, epochs=epochs,
+                                     min_count=min_count, seed=seed)
 
 
 def _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding) -> dict:
