@@ -83,3 +83,19 @@ def test_adaptive_softmax_loss_matches_its_log_probabilities():
     assert torch.allclose(loss, expected, atol=1e-5)
     with pytest.raises(RnnlabError, match="too small for --softmax adaptive"):
         ModelConfig(vocab_size=500, softmax="adaptive")
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_parallel_scan_cells_train_and_generate_one_step_at_a_time(cell):
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=11, cell=cell, hidden=8, embed_dim=6, layers=2)).double()
+    idx = torch.randint(11, (2, 9))
+    whole, _, _ = net(idx)
+    hidden, steps = None, []
+    for t in range(9):  # generation's path: one token at a time with the carried state
+        logits, _, hidden = net(idx[:, t:t + 1], hidden)
+        steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), whole, atol=1e-10)
+    _, loss, _ = net(idx, targets=idx)
+    loss.backward()
+    assert all(p.grad is not None for p in net.rnn.parameters())

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--em-iterations", type=int, default=SUPPRESS, metavar="N",
                    help="hmm: Baum-Welch iterations (default: 20)")
     g.add_argument("--order", type=int, default=SUPPRESS, metavar="N", help="ngram: order (default: 5)")
-    g.add_argument("--cell", default=SUPPRESS, metavar="CELL", help=f"rnn | rnn-relu | lstm | gru (default: {model_d['cell']})")
+    g.add_argument("--cell", default=SUPPRESS, metavar="CELL", help=f"rnn | rnn-relu | lstm | gru | mingru | minlstm (default: {model_d['cell']})")
     g.add_argument("--hidden", type=int, metavar="N", default=SUPPRESS, help=f"units per layer (default: {model_d['hidden']})")
     g.add_argument("--layers", type=int, metavar="N", default=SUPPRESS, help=f"recurrent layers (default: {model_d['layers']})")
     g.add_argument("--dropout", type=float, metavar="P", default=SUPPRESS, help=f"dropout on input, between layers, on output (default: {model_d['dropout']})")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from rnnlab.cells import ExplicitRNN
 from rnnlab.errors import RnnlabError
+from rnnlab.minrnn import MinGRU, MinLSTM
 
 # cell name -> (torch module, gates per unit, extra constructor arguments)
 CELLS = {
@@ -23,6 +24,9 @@ CELLS = {
     "rnn-relu": (nn.RNN, 1, {"nonlinearity": "relu"}),
     "lstm": (nn.LSTM, 4, {}),
     "gru": (nn.GRU, 3, {}),
+    # Feng et al. 2024, "Were RNNs All We Needed?": gates from x_t only, trained by a parallel scan
+    "mingru": (MinGRU, 2, {}),
+    "minlstm": (MinLSTM, 3, {}),
 }
 INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
@@ -31,7 +35,7 @@ IMPLS = ("torch", "explicit")
 @dataclass
 class ModelConfig:
     vocab_size: int               # tokens the model reads and predicts (the tokenizer's vocabulary)
-    cell: str = "lstm"            # rnn (tanh) | rnn-relu | lstm | gru; LSTM is the robust default
+    cell: str = "lstm"            # rnn (tanh) | rnn-relu | lstm | gru | mingru | minlstm; LSTM is the robust default
     input: str = "learned"        # learned: an embedding table; onehot: the textbook's one-hot x_t
     embed_dim: int = 256          # width of the learned embedding (onehot ignores it)
     hidden: int = 256             # units per recurrent layer
@@ -49,6 +53,8 @@ class ModelConfig:
             raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.impl not in IMPLS:
             raise RnnlabError(f"unknown impl {self.impl!r}; choose one of {', '.join(IMPLS)}")
+        if self.impl == "explicit" and self.cell in ("mingru", "minlstm"):
+            raise RnnlabError(f"--impl explicit covers rnn, rnn-relu, lstm and gru; {self.cell} has only its scan form")
         if self.input not in INPUTS:
             raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
         for name in ("vocab_size", "embed_dim", "hidden", "layers"):
