@@ -22,8 +22,8 @@ the GRU's update gate give the gradient an additive path and they keep learning.
         {task, cell, length, metric, value, baseline, solved}
 
 The recurrent layers are torch's fused `nn.RNN/LSTM/GRU`, trained with Adam and gradient
-clipping; each run trains until its task is solved on a validation batch, `steps` are done or
-its time budget is spent, then reports its metric on a fresh test batch.
+clipping; each run trains until its task is solved on a validation batch (twice in a row),
+`steps` are done or its time budget is spent, then reports its metric on a fresh test batch.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ class AddingTask:
     name = "adding"
     metric = "accuracy"       # fraction of test sequences predicted within TOLERANCE
     TOLERANCE = 0.04
+    BASELINE_MSE = 2 / 12     # the squared error of always predicting 1.0: Var(U1 + U2)
     SOLVED = 0.9              # solved: at least 90% of test sequences correct (the baseline: 7.8%)
+    rule = f"accuracy >= {SOLVED} (|error| < {TOLERANCE})"
     inputs, categorical, outputs = 2, False, 1
+    lengths, steps = (10, 50, 100, 200), 3000   # defaults: the 3-cell sweep takes ~5 minutes on one core
 
     @staticmethod
     def batch(batch_size: int, length: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -94,11 +97,13 @@ class AddingTask:
         """Accuracy of always predicting 1.0 (whatever the length)."""
         return 1 - (1 - cls.TOLERANCE) ** 2
 
-    BASELINE_MSE = 2 / 12     # the squared error of always predicting 1.0: Var(U1 + U2)
+    @classmethod
+    def threshold(cls, length: int) -> float:
+        return cls.SOLVED
 
     @classmethod
     def solved(cls, value: float, length: int) -> bool:
-        return value >= cls.SOLVED
+        return value >= cls.threshold(length)   # accuracy: higher is better
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +124,9 @@ class CopyTask:
     SYMBOLS, RECALL = 8, 10   # alphabet size, symbols to remember
     BLANK, DELIMITER = 0, 9   # symbols are 1..8
     SOLVED = 0.5              # solved: below 0.5 x baseline
+    rule = f"cross-entropy < {SOLVED} x baseline"
     inputs, categorical, outputs = 10, True, 9  # inputs: blank, 8 symbols, delimiter; outputs: blank, symbols
+    lengths, steps = (10, 20, 50), 8000         # ~7 minutes; the LSTM needs ~6000 steps at T = 50, more at 100
 
     @classmethod
     def batch(cls, batch_size: int, length: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -148,8 +155,12 @@ class CopyTask:
         return cls.RECALL * math.log(cls.SYMBOLS) / (length + 2 * cls.RECALL)
 
     @classmethod
+    def threshold(cls, length: int) -> float:
+        return cls.SOLVED * cls.baseline(length)
+
+    @classmethod
     def solved(cls, value: float, length: int) -> bool:
-        return value < cls.SOLVED * cls.baseline(length)
+        return value < cls.threshold(length)    # cross-entropy: lower is better
 
 
 TASKS = {task.name: task for task in (AddingTask, CopyTask)}
@@ -180,8 +191,15 @@ class SequenceModel(nn.Module):
 
 def train_one(task, cell: str, length: int, *, steps: int, batch_size: int, hidden: int, lr: float,
               clip: float = 1.0, time_budget_s: float | None = None, seed: int = 0, check_every: int = 100,
-              check_size: int = 500, test_size: int = 2000) -> dict:
-    """Train one model on one length; return its result row."""
+              check_size: int = 500, test_size: int = 2000, log: Callable[[str], None] | None = None) -> dict:
+    """Train one model on one length and test it; return its result row (keys `COLUMNS`).
+
+    Every `check_every` steps the model is scored on a validation batch; training stops once
+    that is solved at two checks in a row. With `time_budget_s`, training also stops when the next step and the final
+    test would not fit in the budget: the whole run, test included, stays within it (when the
+    budget can hold one check and the test at all). `log` gets one line at the end.
+    """
+    start = time.perf_counter()
     torch.manual_seed(seed)
     train_data = torch.Generator().manual_seed(seed)
     check_data = torch.Generator().manual_seed(seed + 1)
@@ -189,10 +207,21 @@ def train_one(task, cell: str, length: int, *, steps: int, batch_size: int, hidd
     model = SequenceModel(task, cell, hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     check_batch = task.batch(check_size, length, check_data)
-    start = time.perf_counter()
+    check_time = step_time = 0.0
+    steps_done = solved_checks = 0
+    if time_budget_s is not None:
+        # time one check (after a tiny warm-up call: a kernel's first call can be slow), to know
+        # what the checks and the final test will cost; re-measured at every check
+        evaluate(model, task, *task.batch(2, length, check_data))
+        check_start = time.perf_counter()
+        evaluate(model, task, *check_batch)
+        check_time = time.perf_counter() - check_start
     for step in range(1, steps + 1):
-        if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+        test_time = 2 * check_time * test_size / check_size  # with a margin: timings on a busy machine vary
+        upcoming = step_time + (check_time if step % check_every == 0 else 0.0) + test_time
+        if time_budget_s is not None and time.perf_counter() - start + upcoming > time_budget_s:
             break
+        step_start = time.perf_counter()
         x, target = task.batch(batch_size, length, train_data)
         loss = task.loss(model(x), target)
         optimizer.zero_grad(set_to_none=True)
@@ -200,12 +229,22 @@ def train_one(task, cell: str, length: int, *, steps: int, batch_size: int, hidd
         # the gradient of a long sequence can explode as well as vanish (Pascanu et al. 2013)
         nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-        if step % check_every == 0 and task.solved(evaluate(model, task, *check_batch), length):
-            break  # solved: more steps would only polish it
+        steps_done = step
+        step_time = time.perf_counter() - step_start
+        if step % check_every == 0:
+            check_start = time.perf_counter()
+            solved_checks = solved_checks + 1 if task.solved(evaluate(model, task, *check_batch), length) else 0
+            check_time = time.perf_counter() - check_start
+            if solved_checks == 2:
+                break  # solved twice in a row, not by a lucky fluctuation: more steps would only polish it
     x, target = task.batch(test_size, length, test_data)
     value = evaluate(model, task, x, target)
-    return {"task": task.name, "cell": cell, "length": length, "metric": task.metric, "value": value,
-            "baseline": task.baseline(length), "solved": task.solved(value, length)}
+    row = {"task": task.name, "cell": cell, "length": length, "metric": task.metric, "value": value,
+           "baseline": task.baseline(length), "solved": task.solved(value, length)}
+    if log:
+        log(f"{task.name} T={length} {cell}: {task.metric} {value:.4f} (baseline {row['baseline']:.4f})"
+            f"{', solved' if row['solved'] else ''} after {steps_done} steps, {time.perf_counter() - start:.0f} s")
+    return row
 
 
 @torch.no_grad()
@@ -216,33 +255,31 @@ def evaluate(model: SequenceModel, task, x: Tensor, target: Tensor) -> float:
     return value
 
 
-DEFAULT_LENGTHS = {"adding": (10, 50, 100, 200), "copy": (10, 20, 50, 100)}
-
-
-def run(task: str, cells=("rnn", "lstm", "gru"), lengths=None, *, steps: int = 3000, batch_size: int = 64,
+def run(task: str, cells=("rnn", "lstm", "gru"), lengths=None, *, steps: int | None = None, batch_size: int = 64,
         hidden: int = 64, lr: float = 1e-2, time_budget_s: float | None = None, seed: int = 0,
         log: Callable[[str], None] | None = None) -> list[dict]:
     """Train a fresh model for every (cell, length) and return one row each, with keys `COLUMNS`.
 
-    `time_budget_s` caps each (cell, length) run's training; `log` gets a line per finished run.
+    `lengths` and `steps` default to the task's own (`AddingTask.lengths`, `.steps`);
+    `time_budget_s` caps each (cell, length) run, its test included; `log` gets a line per run.
     """
     if task not in TASKS:
         raise RnnlabError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     for cell in cells:
         if cell not in RECURRENT:
             raise RnnlabError(f"unknown cell {cell!r} for a long-range task; choose one of {', '.join(RECURRENT)}")
-    lengths = DEFAULT_LENGTHS[task] if lengths is None else lengths
-    rows = []
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden)):
+        if value is not None and value < 1:
+            raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not lr > 0 or time_budget_s is not None and not time_budget_s > 0:
+        raise RnnlabError(f"--lr and --time-budget must be > 0, got {lr} and {time_budget_s}")
+    spec = TASKS[task]
+    lengths = spec.lengths if lengths is None else lengths
     for length in lengths:
-        for cell in cells:
-            start = time.perf_counter()
-            row = train_one(TASKS[task], cell, length, steps=steps, batch_size=batch_size, hidden=hidden, lr=lr,
-                            time_budget_s=time_budget_s, seed=seed)
-            rows.append(row)
-            if log:
-                log(f"{task} T={length} {cell}: {row['metric']} {row['value']:.4f} (baseline "
-                    f"{row['baseline']:.4f}){' solved' if row['solved'] else ''} in {time.perf_counter() - start:.0f} s")
-    return rows
+        spec.batch(1, length)  # a bad length fails now, not after minutes of training
+    return [train_one(spec, cell, length, steps=spec.steps if steps is None else steps, batch_size=batch_size,
+                      hidden=hidden, lr=lr, time_budget_s=time_budget_s, seed=seed, log=log)
+            for length in lengths for cell in cells]
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
@@ -266,12 +303,6 @@ def format_table(rows: list[dict]) -> str:
             row = by_key.get((task, length, cell))
             line += f"{'-':>10}" if row is None else f"{row['value']:>9.4f}{'*' if row['solved'] else ' '}"
         lines.append(line)
-    lines.append("* solved: " + "; ".join(f"{t.name}: {t.__doc__ and _solved_rule(t)}" for t in
-                                         (TASKS[name] for name in dict.fromkeys(k[0] for k in keys))))
+    rules = {row["task"]: TASKS[row["task"]].rule for row in rows}
+    lines.append("* solved: " + "; ".join(f"{task}: {rule}" for task, rule in rules.items()))
     return "\n".join(lines)
-
-
-def _solved_rule(task) -> str:
-    if task is AddingTask:
-        return f"accuracy >= {AddingTask.SOLVED} (|error| < {AddingTask.TOLERANCE})"
-    return f"cross-entropy < {CopyTask.SOLVED} x baseline"
