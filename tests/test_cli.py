@@ -135,3 +135,30 @@ def test_hopfield_recalls_the_stored_snippets():
     result = run_cli("hopfield", "--trials", "2", "--units", "100")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("recalled ") == 3 and "FAILED" not in result.stdout
+
+
+def test_gradients_writes_json_with_one_norm_per_step_and_a_plot(tmp_path):
+    result = run_cli("gradients", "--cell", "rnn,gru", "--seq-len", "20", "--batches", "1", "--batch-size", "4",
+                     "--hidden", "16", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "gradients.json").read_text())
+    assert set(data) == {"rnn", "gru"} and all(len(norms) == 20 for norms in data.values())
+    assert data["rnn"][0] > data["rnn"][-1]  # at torch's default init the tanh RNN's gradient vanishes
+    assert (tmp_path / "gradients.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gradients_clipping_experiment_diverges_only_without_clipping(tmp_path):
+    result = run_cli("gradients", "--train-steps", "30", "--seq-len", "30", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "diverged at step" in lines[0] and "never diverged" in lines[1]
+    assert (tmp_path / "clipping.png").is_file()
+
+
+def test_longrange_writes_the_documented_csv(tmp_path):
+    result = run_cli("longrange", "--task", "adding", "--cells", "rnn,gru", "--lengths", "10", "--steps", "20",
+                     "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "longrange.csv").read_text().splitlines()
+    assert rows[0] == "task,cell,length,metric,value,baseline,solved" and len(rows) == 3
+    assert (tmp_path / "longrange.png").is_file()

@@ -180,6 +180,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default="runs/compare", help="default: runs/compare")
     _add_corpus_options(p)
 
+    # -- why plain RNNs fail --------------------------------------------------------------------
+    p = sub.add_parser("gradients", help="measure vanishing/exploding gradients through time, per cell",
+                       description="Measure ||dL_T/dh_t||, the gradient of the last step's loss with respect to each "
+                                   "earlier hidden state, for fresh models of each --cell (or a trained MODEL), and "
+                                   "plot it. With --train-steps, train a tanh RNN with and without gradient clipping "
+                                   "and plot both loss curves (Pascanu et al. 2013).")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="a trained model directory (default: fresh models)")
+    p.add_argument("--cell", default="rnn,lstm,gru", help="cells to compare (default: rnn,lstm,gru)")
+    p.add_argument("--hidden", type=int, default=128, metavar="N", help="units (default: 128)")
+    p.add_argument("--layers", type=int, default=1, metavar="N", help="layers (default: 1)")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="CORPUS", help="text to read (default: pydocs)")
+    p.add_argument("--seq-len", type=int, default=100, metavar="T", help="time steps T (default: 100)")
+    p.add_argument("--batches", type=int, default=8, metavar="N", help="batches averaged (default: 8)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per batch (default: 16)")
+    p.add_argument("--recurrent-init-scale", type=float, default=None, metavar="R",
+                   help="set each recurrent matrix's spectral radius to R (> 1: exploding)")
+    p.add_argument("--train-steps", type=int, default=None, metavar="N",
+                   help="instead: train N steps per --clip value and plot the loss curves")
+    p.add_argument("--clip", default="none,1.0", metavar="LIST", help="with --train-steps (default: none,1.0)")
+    p.add_argument("--lr", type=float, default=1.0, metavar="X", help="with --train-steps: SGD lr (default: 1.0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--out", metavar="DIR", default="runs/gradients", help="default: runs/gradients")
+
+    p = sub.add_parser("longrange", help="long-range tasks on which tanh RNNs fail and LSTM/GRU succeed",
+                       description="The adding problem (Hochreiter & Schmidhuber 1997) or the copy-memory task "
+                                   "(Arjovsky et al. 2016) for each cell and sequence length: accuracy or loss "
+                                   "against the memoryless baseline.")
+    p.add_argument("--task", default="adding", help="adding | copy (default: adding)")
+    p.add_argument("--cells", default="rnn,lstm,gru", help="default: rnn,lstm,gru")
+    p.add_argument("--lengths", default=None, metavar="LIST",
+                   help="sequence lengths (default: 10,50,100,200 for adding, 10,20,50 for copy)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="training steps per run (default: the task's)")
+    p.add_argument("--hidden", type=int, default=64, metavar="N", help="units (default: 64)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="cap for the whole sweep, shared evenly by its runs")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--out", metavar="DIR", default=None, help="write longrange.csv and longrange.png here")
+
     # -- study: the NumPy reference RNN and the Hopfield network ----------------------------------
     p = sub.add_parser("reference-train", help="train the plain-NumPy textbook RNN (hand-written BPTT) on a file",
                        description="Train the textbook vanilla RNN written in plain NumPy (one-hot inputs, tanh, "
@@ -326,6 +364,63 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RnnlabError(f"{option} takes whole numbers separated by commas, got {text!r}") from None
+
+
+def cmd_gradients(args: argparse.Namespace) -> int:
+    from rnnlab import gradients
+    from rnnlab.plots import plot_gradient_norms, plot_loss_curves
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [c for c in args.cell.split(",") if c]
+    if args.train_steps is not None:
+        clips = [_clip(c) for c in args.clip.split(",")]
+        curves = gradients.clip_experiment(clips, cell=cells[0], corpus=args.corpus or "pydocs", hidden=args.hidden,
+                                           seq_len=args.seq_len, steps=args.train_steps, lr=args.lr, seed=args.seed,
+                                           recurrent_init_scale=args.recurrent_init_scale or 1.5)
+        for label, losses in curves.items():
+            diverged = gradients.first_divergence(losses)
+            print(f"{label:<12} first loss {losses[0]:.3f}  last loss {losses[-1]:.3f}  "
+                  + (f"diverged at step {diverged}" if diverged is not None else "never diverged"))
+        gradients.write_json(out / "clipping.json", curves)
+        plot_loss_curves(curves, out / "clipping.png",
+                         title=f"{cells[0]} training loss, spectral radius {args.recurrent_init_scale or 1.5}")
+        print(f"wrote {out / 'clipping.json'} and {out / 'clipping.png'}")
+        return 0
+    result = gradients.measure(cells, model_dir=args.model, corpus=args.corpus, hidden=args.hidden,
+                               layers=args.layers, seq_len=args.seq_len, batches=args.batches,
+                               batch_size=args.batch_size, recurrent_init_scale=args.recurrent_init_scale,
+                               seed=args.seed)
+    print(gradients.format_table(result))
+    gradients.write_json(out / "gradients.json", result)
+    plot_gradient_norms(result, out / "gradients.png")
+    print(f"wrote {out / 'gradients.json'} and {out / 'gradients.png'}")
+    return 0
+
+
+def cmd_longrange(args: argparse.Namespace) -> int:
+    from rnnlab import longrange
+    cells = [c for c in args.cells.split(",") if c]
+    lengths = _int_list(args.lengths, "--lengths") if args.lengths else None
+    runs = len(cells) * len(lengths or longrange.TASKS.get(args.task, longrange.TASKS["adding"]).lengths)
+    budget = None if args.time_budget is None else 60 * args.time_budget / max(runs, 1)
+    rows = longrange.run(args.task, cells, lengths, steps=args.steps, hidden=args.hidden, time_budget_s=budget,
+                         seed=args.seed, log=lambda m: print(m, flush=True))
+    print(longrange.format_table(rows))
+    if args.out:
+        from rnnlab.plots import plot_longrange
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        longrange.write_csv(rows, out / "longrange.csv")
+        plot_longrange(rows, out / "longrange.png")
+        print(f"wrote {out / 'longrange.csv'} and {out / 'longrange.png'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from rnnlab import compare
     from rnnlab.corpus import load_corpus
@@ -450,7 +545,8 @@ def cmd_embeddings(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "corpora": cmd_corpora,
             "download": cmd_download, "info": cmd_info, "reference-train": cmd_reference_train,
             "hopfield": cmd_hopfield, "compare": cmd_compare, "neighbors": cmd_neighbors,
-            "embeddings": cmd_embeddings, "serve": cmd_serve}
+            "embeddings": cmd_embeddings, "serve": cmd_serve, "gradients": cmd_gradients,
+            "longrange": cmd_longrange}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

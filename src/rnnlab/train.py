@@ -31,6 +31,7 @@ from rnnlab.corpus import Corpus, load_corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.distributed import SINGLE, World
 from rnnlab.evaluate import stream_loss, stream_sums, summarize
+from rnnlab.gradients import per_layer_grad_norms
 from rnnlab.lm import LanguageModel
 from rnnlab.model import RNNLM, ModelConfig, detach
 from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
@@ -219,6 +220,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_valid_step = -1
         self.stop_reason = ""
+        self.layer_norms: dict[str, float] = {}
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -304,6 +306,8 @@ class Trainer:
             _, loss, hidden = self.model(x, self.hidden, targets=y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if (self.step + 1) % self.cfg.log_every == 0:
+            self.layer_norms = per_layer_grad_norms(self.net)  # before clipping: what backprop really produced
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         # global-norm clipping rescales the whole gradient when it explodes (Pascanu et al. 2013)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip if self.cfg.clip else math.inf)
@@ -409,7 +413,8 @@ class Trainer:
                                         lr=f"{self.lr:.2g}", tok_s=f"{tok_s:,.0f}", refresh=False)
                         self.write_metrics({"step": self.step, "epoch": self.epoch, "train_loss": mean,
                                             "train_ppl": math.exp(min(mean, 700)), "lr": self.lr,
-                                            "grad_norm": grad_norm, "tokens_per_s": tok_s,
+                                            "grad_norm": grad_norm, "layer_grad_norms": self.layer_norms,
+                                            "tokens_per_s": tok_s,
                                             "elapsed": round(self.elapsed, 2)})
                         window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
                     if self.step % 10 == 0:
