@@ -25,9 +25,9 @@ from rnnlab.corpus import Corpus
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 # the recipe `rnnlab train tinyshakespeare` is benchmarked with (see README, "Results")
-RECIPE = dict(cell="lstm", layers=2, hidden=512, embed_dim=128, dropout=0.1, batch_size=64, bptt=128,
-              optimizer="adamw", lr=4e-3, weight_decay=0.0, schedule="cosine", warmup=50, clip=1.0,
-              eval_every=200)
+RECIPE = dict(cell="lstm", layers=2, hidden=384, embed_dim=128, dropout=0.0, batch_size=64, bptt=128,
+              optimizer="adamw", lr=3e-3, weight_decay=0.0, schedule="cosine", warmup=50, clip=1.0,
+              precision="bf16", eval_every=250)
 
 
 def split() -> tuple[str, str]:
