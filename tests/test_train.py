@@ -156,3 +156,10 @@ def test_adaptive_softmax_trains_a_word_model(tmp_path):
     again = rnnlab.load(tmp_path / "a")
     assert again.evaluate(text[270_000:])["loss"] == pytest.approx(lm.config["results"]["valid"]["loss"], rel=1e-5)
     assert again.generate("the company", length=10, seed=0).startswith("the company")
+
+
+def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():
+    from rnnlab.train import PRESETS
+    recipe = PRESETS["cpu-5min"]
+    assert recipe["precision"] == "bf16" and recipe["time_budget"] == 5.0 and recipe["hidden"] == 384
+    TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})

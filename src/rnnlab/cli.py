@@ -53,6 +53,12 @@ def _add_corpus_options(p: argparse.ArgumentParser) -> None:
                    help="the text is already tokenised: split words on whitespace only (PTB, WikiText)")
 
 
+def _corpus_options(args: argparse.Namespace) -> dict:
+    """The corpus options the user gave (the others stay the library's defaults)."""
+    return {k: getattr(args, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+            if hasattr(args, k)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     model_d, train_d = _defaults()
     parser = argparse.ArgumentParser(
@@ -290,8 +296,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rnnlab.evaluate import evaluate
     from rnnlab.lm import load
     lm = load(args.model, device=args.device)
-    options = {k: getattr(args, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
-               if hasattr(args, k)}
+    options = _corpus_options(args)
     result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, **options)
     if args.json:
         print(json.dumps(result))
@@ -426,8 +431,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rnnlab.corpus import load_corpus
     from rnnlab.plots import plot_compare
     models, sizes = compare.parse_models(args.models), compare.parse_sizes(args.train_tokens)
-    options = {k: getattr(args, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
-               if hasattr(args, k)}
+    options = _corpus_options(args)
     corpus = load_corpus(args.corpus, **options)
     tokenizer = compare.fixed_tokenizer(corpus, args.level or ("word" if corpus.pretokenized else "char"))
     out = Path(args.out)

@@ -45,6 +45,11 @@ PRESETS: dict[str, dict] = {
     "zaremba-small": dict(level="word", cell="lstm", layers=2, hidden=200, embed_dim=200, batch_size=20, bptt=20,
                           optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
                           decay_start=4, epochs=13),
+    # Tiny Shakespeare, char level, 5 minutes on 2 CPU cores: 1.513 nats/char valid (benchmarks/RESULTS.md).
+    # bf16 autocast runs a 2x384 LSTM as fast as fp32 runs a 2x256 one; cosine decay to the budget's end.
+    "cpu-5min": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=64, bptt=128,
+                     optimizer="adamw", lr=3e-3, schedule="cosine", warmup=50, clip=1.0, precision="bf16",
+                     eval_every=250, time_budget=5.0),
 }
 QUICK_EVAL_TOKENS = 200_000  # on Ctrl-C, validate before exiting only if it takes seconds
 
