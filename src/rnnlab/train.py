@@ -408,8 +408,9 @@ class Trainer:
                         loss, votes, dt = distributed.all_reduce_sum([loss, float(stopping), dt], self.device)
                         loss, dt, stopping = loss / self.world.size, dt / self.world.size, votes > 0
                     self.elapsed += dt
-                    self.tokens_seen += y.numel()
-                    window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + y.numel()
+                    tokens = y.numel() * self.world.size  # the global batch: every rank's streams
+                    self.tokens_seen += tokens
+                    window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + tokens
                     bar.n = min(self.elapsed, total) if by_time else self.step
                     if self.step % cfg.log_every == 0 or window_steps == 1 and self.step == 1:
                         tok_s = window_tokens / max(now - window_start, 1e-9)
