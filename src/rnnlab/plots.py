@@ -142,28 +142,34 @@ def plot_longrange(rows: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_compare(rows: list[dict], path: str | Path, title: str = "Validation perplexity against training data") -> None:
-    """Rows as from compare.run: x: training tokens, y: validation perplexity (both log scale),
-    one line per model, so that where each model pays off can be read off the crossings."""
+def plot_compare(rows: list[dict], path: str | Path, title: str = "Validation perplexity") -> None:
+    """Rows as from compare.run, two panels, one line per model, log axes: validation perplexity
+    against training tokens (where each model pays off: the crossings) and against training
+    seconds (what each costs)."""
     from matplotlib.ticker import ScalarFormatter
 
     if not rows:
         raise RnnlabError("no results to plot")
-    fig, (ax,) = _figure()
+    fig, axes = _figure(2)
     others = iter(["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"] * 3)
-    for model in dict.fromkeys(row["model"] for row in rows):
-        color = COLORS.get(model) or next(others)  # the cells keep their colours, baselines get others
-        points = sorted((int(row["train_tokens"]), float(row["valid_perplexity"])) for row in rows if row["model"] == model)
-        ax.plot(*zip(*points), "o-", label=model, color=color, linewidth=1.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation perplexity (lower is better)")
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(title="model")
+    colors = {model: COLORS.get(model) or next(others)  # the cells keep their colours, baselines get others
+              for model in dict.fromkeys(row["model"] for row in rows)}
+    for ax, key, label in ((axes[0], "train_tokens", "training tokens"),
+                           (axes[1], "train_seconds", "training seconds")):
+        for model, color in colors.items():
+            points = sorted((max(float(row[key]), 0.1), float(row["valid_perplexity"]))
+                            for row in rows if row["model"] == model)
+            ax.plot(*zip(*points), "o-", label=model, color=color, linewidth=1.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation perplexity (lower is better)")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_title(f"{title} against training data")
+    axes[1].set_title(f"{title} against training time")
+    axes[0].legend(title="model")
     _save(fig, path)
 
 
