@@ -147,7 +147,8 @@ def test_arbitrary_bytes_either_decode_or_raise_the_one_error_type(data, encodin
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
+    call = "torch." + "load("  # spelled in two parts so that this test's own source is not a match
     for path in (REPO / "src" / "rnnlab").rglob("*.py"):
         for line in path.read_text().splitlines():
-            if "torch.load(" in line:
+            if call in line:
                 assert "weights_only=True" in line, f"{path.name}: {line.strip()}"
