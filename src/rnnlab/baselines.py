@@ -53,19 +53,21 @@ class HMMLanguageModel(TextModel):
     @torch.inference_mode()
     def continue_ids(self, ids, steps, *, generator, **sampling) -> Iterator[int]:
         pi, A, B = (p.double().cpu() for p in self.hmm.probabilities())
-        # belief = p(z_t | x_1..x_t), the HMM's whole "hidden state", filtered through the prompt
-        belief = None
+        # prior = p(z_{t+1} | x_1..x_t): the HMM's whole "hidden state", carried token by token
+        prior = pi
         for token in ids:
-            prior = pi if belief is None else belief @ A
-            belief = prior * B[:, token]
-            belief = belief / belief.sum()
+            prior = _filter_step(prior, A, B, token)
         for _ in range(steps):
-            predictive = (pi if belief is None else belief @ A) @ B               # (V,) p(x_{t+1} | x_<=t)
+            predictive = prior @ B                                                # (V,) p(x_{t+1} | x_<=t)
             token = int(next_token(predictive.log()[None], generator=generator, **sampling)[0])
             yield token
-            prior = pi if belief is None else belief @ A
-            belief = prior * B[:, token]
-            belief = belief / belief.sum()
+            prior = _filter_step(prior, A, B, token)
+
+
+def _filter_step(prior: torch.Tensor, A: torch.Tensor, B: torch.Tensor, token: int) -> torch.Tensor:
+    """One step of the forward filter: condition p(z_t | past) on x_t = token, move it through A."""
+    posterior = prior * B[:, token]
+    return (posterior / posterior.sum()) @ A
 
 
 class NGramLanguageModel(TextModel):

@@ -153,12 +153,10 @@ def pydocs_text() -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    from rnnlab.checkpoint import write_text  # the project's one atomic write (temp file, fsync, rename)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     except OSError:
         pass  # the cache is an optimisation; an unwritable home must not stop training
 
