@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rnnlab train pydocs --preset cpu-5min --time-budget 2 --out runs/demo --overwrite
+	$(BIN)/rnnlab train pydocs --preset cpu-90s --out runs/demo --overwrite
 	@echo
 	@echo "=== rnnlab generate runs/demo --prompt 'Return the ' --length 600 --temperature 0.7 --seed 1 ==="
 	$(BIN)/rnnlab generate runs/demo --prompt "Return the " --length 600 --temperature 0.7 --seed 1

@@ -1,6 +1,7 @@
 """Tiny Shakespeare, char level: rnnlab's default recipe against a plain PyTorch loop, same budget.
 
-    .venv/bin/python benchmarks/shakespeare_char.py --minutes 5
+    .venv/bin/python benchmarks/shakespeare_char.py --preset cpu-5min
+    .venv/bin/python benchmarks/shakespeare_char.py --preset cpu-90s --set hidden=320 --set lr=4e-3 --skip-baseline
 
 Both read ../shared/data/tinyshakespeare/input.txt with the standard split (first 90% of
 characters train, last 10% valid) and are scored the same way: mean cross-entropy (nats/char) over
@@ -11,6 +12,8 @@ inline: a 2x256 GRU with AdamW, constant lr, no schedule, no dropout.
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import math
 import time
 from pathlib import Path
@@ -21,13 +24,22 @@ import torch.nn.functional as F
 
 import rnnlab
 from rnnlab.corpus import Corpus
+from rnnlab.train import PRESETS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
-# the recipe `rnnlab train tinyshakespeare` is benchmarked with (see README, "Results")
-RECIPE = dict(cell="lstm", layers=2, hidden=384, embed_dim=128, dropout=0.0, batch_size=64, bptt=128,
-              optimizer="adamw", lr=3e-3, weight_decay=0.0, schedule="cosine", warmup=50, clip=1.0,
-              precision="bf16", eval_every=250)
+
+
+def recipe(preset: str, overrides: list[str]) -> dict:
+    """The preset's settings (rnnlab.train.PRESETS) with KEY=VALUE overrides, values parsed as Python literals."""
+    options = {k: v for k, v in PRESETS[preset].items() if k != "level"}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def split() -> tuple[str, str]:
@@ -89,21 +101,36 @@ def plain_baseline(train: str, valid: str, seconds: float, batch: int = 64, bptt
     return one_stream_loss(model, va)
 
 
+def tokens_per_s(out: str) -> float:
+    """Median training throughput logged in metrics.jsonl (the first line, which includes warm-up, left out)."""
+    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    rates = sorted(r["tokens_per_s"] for r in lines[1:] if "tokens_per_s" in r)
+    return rates[len(rates) // 2] if rates else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--preset", default="cpu-5min", choices=[p for p in PRESETS if p.startswith("cpu-")])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting")
+    parser.add_argument("--minutes", type=float, help="budget (default: the preset's)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--out", default="runs/bench-shakespeare")
     args = parser.parse_args()
+    options = recipe(args.preset, args.set)
+    if args.minutes is not None:
+        options["time_budget"] = args.minutes
+    minutes = options.get("time_budget")
     train, valid = split()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {args.minutes:g} min each")
-    lm = rnnlab.train(Corpus("tinyshakespeare", train, valid), args.out, overwrite=True, progress=False,
-                      time_budget=args.minutes, **RECIPE)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget "
+          f"{f'{minutes:g} min' if minutes else 'none'}")
+    print("recipe:", ", ".join(f"{k}={v}" for k, v in options.items()))
+    lm = rnnlab.train(Corpus("tinyshakespeare", train, valid), args.out, overwrite=True, progress=False, **options)
     ours = lm.config["results"]["valid"]["loss"]
-    print(f"rnnlab recipe ({RECIPE['layers']}x{RECIPE['hidden']} {RECIPE['cell']}): valid {ours:.4f} nats/char "
-          f"({ours / math.log(2):.3f} bpc) after {lm.config['steps']} steps")
-    if not args.skip_baseline:
-        base = plain_baseline(train, valid, 60 * args.minutes)
+    print(f"rnnlab {args.preset} ({options['layers']}x{options['hidden']} {options['cell']}): valid {ours:.4f} "
+          f"nats/char ({ours / math.log(2):.3f} bpc) after {lm.config['steps']} steps, "
+          f"{lm.config['train_seconds']:.0f} s of training, {tokens_per_s(args.out):,.0f} tokens/s")
+    if not args.skip_baseline and minutes:
+        base = plain_baseline(train, valid, 60 * minutes)
         print(f"plain PyTorch 2x256 GRU, AdamW 3e-3: valid {base:.4f} nats/char ({base / math.log(2):.3f} bpc)")
         print(f"ratio rnnlab / plain valid loss: {ours / base:.3f} (lower is better)")
 

@@ -51,11 +51,14 @@ def test_top_k_and_top_p_only_ever_sample_inside_their_sets():
     assert (low == 0).float().mean() > 0.95     # a cold temperature sharpens towards the mode
 
 
-def test_sampling_frequencies_follow_the_model_distribution():
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("top_k", [None, 3])  # the Gumbel-max path, and the softmax + multinomial path
+def test_sampling_frequencies_follow_the_model_distribution(temperature, top_k):
     probs = torch.tensor([0.6, 0.3, 0.1])
-    draws = next_token(probs.log().repeat(20000, 1), generator=torch.Generator().manual_seed(1))
+    draws = next_token(probs.log().repeat(20000, 1), temperature=temperature, top_k=top_k,
+                       generator=torch.Generator().manual_seed(1))
     freq = torch.bincount(draws, minlength=3).float() / 20000
-    assert torch.allclose(freq, probs, atol=0.015)
+    assert torch.allclose(freq, (probs.log() / temperature).softmax(-1), atol=0.015)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -109,12 +112,15 @@ def test_streamed_generation_equals_rerunning_the_whole_prefix():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
-@pytest.mark.parametrize("input", ["learned", "onehot"])
-def test_fast_single_step_path_matches_the_module(cell, input):
+@pytest.mark.parametrize("input, table", [("learned", True), ("learned", False), ("onehot", False)])
+def test_fast_single_step_path_matches_the_module(cell, input, table, monkeypatch):
     from rnnlab.generate import Stepper
+    if not table:  # a vocabulary too large for the first layer's lookup table
+        monkeypatch.setattr(Stepper, "TABLE_LIMIT", 0)
     torch.manual_seed(0)
     net = RNNLM(ModelConfig(vocab_size=20, cell=cell, input=input, hidden=16, embed_dim=8, layers=2)).eval()
     step = Stepper(net)
+    assert (getattr(step, "table", None) is not None) == (table and input == "learned")
     with torch.inference_mode():
         _, _, hidden = net(torch.randint(20, (3, 5)))
         token = torch.randint(20, (3,))
@@ -123,3 +129,18 @@ def test_fast_single_step_path_matches_the_module(cell, input):
     assert torch.allclose(logits, expected[:, -1], atol=1e-5)
     for a, b in zip(new_hidden if cell == "lstm" else (new_hidden,), expected_hidden if cell == "lstm" else (expected_hidden,)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batched_generation_steps_every_stream_like_the_module(cell):
+    from rnnlab.generate import sample_ids
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=3)).eval()
+    prompt = torch.randint(30, (4, 6))
+    new = torch.stack(list(sample_ids(net, prompt, 15, greedy=True)), dim=1)        # (4, 15)
+    seq = prompt
+    with torch.inference_mode():
+        for _ in range(15):
+            logits, _, _ = net(seq)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(seq[:, 6:], new)

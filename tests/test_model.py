@@ -99,3 +99,14 @@ def test_parallel_scan_cells_train_and_generate_one_step_at_a_time(cell):
     _, loss, _ = net(idx, targets=idx)
     loss.backward()
     assert all(p.grad is not None for p in net.rnn.parameters())
+
+
+def test_learned_embeddings_start_at_unit_scale_unless_an_init_range_is_given():
+    torch.manual_seed(0)
+    default = RNNLM(ModelConfig(vocab_size=500, cell="lstm", hidden=16, embed_dim=64))
+    assert 0.9 < default.encoder.weight.std().item() < 1.1                     # torch's N(0, 1)
+    zaremba = RNNLM(ModelConfig(vocab_size=500, cell="lstm", hidden=16, embed_dim=64, init_range=0.05))
+    for p in (zaremba.encoder.weight, *zaremba.rnn.parameters()):
+        assert p.abs().max().item() <= 0.05
+    onehot = RNNLM(ModelConfig(vocab_size=500, cell="lstm", hidden=16, input="onehot"))
+    assert onehot.encoder.weight.abs().max().item() <= 0.1                     # a weight matrix, not vectors

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"global gradient-norm clip, or 'none' (default: {train_d['clip']})")
     g.add_argument("--skip-nonfinite", action="store_true", default=SUPPRESS,
                    help="skip steps with a NaN/inf loss instead of stopping")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=SUPPRESS,
+                   help="tokenise the corpus again instead of reading (and writing) the token cache in "
+                        "$RNNLAB_CACHE (default ~/.cache/rnnlab/tokens)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # -- evaluate --------------------------------------------------------------------------------

@@ -29,6 +29,12 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
     """logits (B, V) -> token ids (B,)."""
     if greedy:
         return logits.argmax(dim=-1)
+    if top_k is None and top_p is None and temperature >= 1e-3:
+        # the Gumbel-max trick in its exponential form: argmax_i (logit_i / T - log E_i), E_i ~ Exp(1),
+        # is token i with probability softmax(logits / T)_i, in four small ops and no softmax
+        noise = torch.empty(logits.shape, device=logits.device).exponential_(generator=generator).log_()
+        scores = logits.float() if temperature == 1.0 else logits.float() / temperature
+        return (scores - noise).argmax(dim=-1)
     # shift the maximum to 0 before dividing: a tiny temperature then gives 0 and -inf, never inf - inf
     logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / temperature
     if top_k is not None and top_k < logits.size(-1):
@@ -46,17 +52,24 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
 
 
 class Stepper:
-    """One-token steps through an RNNLM with `torch.lstm_cell` / `gru_cell` / `rnn_*_cell`.
+    """One-token steps through an RNNLM: the same arithmetic as `nn.LSTM` / `nn.GRU` / `nn.RNN`,
+    arranged for a single token.
 
-    A call of `nn.LSTM` on a single token pays for argument checks, weight flattening and a
-    sequence loop of length one; when generating, that per-call overhead, not the arithmetic, is
-    the cost. The cell functions do the same arithmetic with the same weights (and the same
-    hidden-state layout as `nn.LSTM`), several times faster. Falls back to the module for
-    anything it does not cover.
+    A call of `nn.LSTM` on one token pays for argument checks, weight flattening and a sequence
+    loop of length one, and a layer reads its whole weight matrices (1 MB for an LSTM layer of
+    256) from memory to multiply them by one vector: per token, memory traffic and call overhead
+    are the cost, not the arithmetic. So the stepper
+    - folds the embedding into the first layer: for a vocabulary of up to a few thousand entries,
+      `encoder @ W_ih0^T + biases` is a table computed once, and the first layer's input product
+      becomes a row lookup;
+    - multiplies `[x, h]` by `[W_ih W_hh]` in one product where the cell allows it (LSTM, RNN; the
+      GRU's candidate gate needs its recurrent part apart), with both biases summed once;
+    - keeps the state as a list of per-layer tensors between steps (`begin` / `step` / `end`).
+    Models it does not cover (one-hot input, the adaptive softmax, the min* cells, `impl
+    explicit`) step through the module itself.
     """
 
-    _CELL_FUNCTIONS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell,
-                       "rnn-relu": torch.rnn_relu_cell}
+    TABLE_LIMIT = 1 << 22  # entries (16 MB of float32): larger vocabularies look up the embedding instead
 
     def __init__(self, net: torch.nn.Module):
         self.net = net
@@ -64,32 +77,76 @@ class Stepper:
         self.cell = config.cell
         self.fast = (config.input == "learned" and net.decoder is not None
                      and isinstance(net.rnn, (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU)))
-        self.layers = [tuple(getattr(net.rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                       for k in range(config.layers)] if self.fast else []
-        self.step_function = self._CELL_FUNCTIONS.get(self.cell)
+        if not self.fast:
+            return
+        H = config.hidden
+        with torch.no_grad():
+            self.layers = []
+            for k in range(config.layers):
+                w_ih, w_hh, b_ih, b_hh = (getattr(net.rnn, f"{name}_l{k}").detach()
+                                          for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                if self.cell == "gru":  # input and recurrent products stay apart
+                    self.layers.append((w_ih.t(), b_ih, w_hh.t(), b_hh))
+                else:
+                    self.layers.append((torch.cat([w_ih, w_hh], 1).t(), b_ih + b_hh, w_hh.t(), b_hh))
+            emb = net.encoder.weight.detach()
+            w_ih0, b_ih0 = net.rnn.weight_ih_l0.detach(), net.rnn.bias_ih_l0.detach()
+            self.table = None
+            if emb.size(0) * w_ih0.size(0) <= self.TABLE_LIMIT:
+                # input product (and biases) of every vocabulary entry; a GRU keeps b_hh for its candidate gate
+                bias = b_ih0 if self.cell == "gru" else b_ih0 + net.rnn.bias_hh_l0.detach()
+                self.table = torch.addmm(bias, emb, w_ih0.t())                 # (V, gates * H)
+        self.H = H
+        self.activation = torch.relu if self.cell == "rnn-relu" else torch.tanh
+
+    def begin(self, hidden) -> list:
+        """nn.LSTM/GRU/RNN-style hidden -> the stepper's state (per layer: h, or (h, c))."""
+        if self.cell == "lstm":
+            return [(h, c) for h, c in zip(*hidden)]
+        return list(hidden)
+
+    def end(self, state: list):
+        if self.cell == "lstm":
+            return torch.stack([h for h, _ in state]), torch.stack([c for _, c in state])
+        return torch.stack(state)
+
+    def step(self, token: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """token (B,) and the state -> logits (B, V) and the new state (the old one is not changed)."""
+        H, new = self.H, []
+        x = None if self.table is not None else self.net.encoder.weight[token]
+        for k, (w_t, bias, w_hh_t, b_hh) in enumerate(self.layers):
+            first_from_table = k == 0 and self.table is not None
+            if self.cell == "lstm":
+                h, c = state[k]
+                gates = (torch.addmm(self.table[token], h, w_hh_t) if first_from_table
+                         else torch.addmm(bias, torch.cat([x, h], 1), w_t))          # (B, 4H): i f g o
+                s = gates.sigmoid()
+                c = torch.addcmul(s[:, H:2 * H] * c, s[:, :H], gates[:, 2 * H:3 * H].tanh())
+                x = s[:, 3 * H:] * c.tanh()
+                new.append((x, c))
+            elif self.cell == "gru":
+                h = state[k]
+                gi = self.table[token] if first_from_table else torch.addmm(bias, x, w_t)  # (B, 3H): r z n
+                gh = torch.addmm(b_hh, h, w_hh_t)
+                rz = (gi[:, :2 * H] + gh[:, :2 * H]).sigmoid()
+                n = torch.addcmul(gi[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh()
+                x = torch.addcmul(n, rz[:, H:], h - n)                              # (1 - z) n + z h
+                new.append(x)
+            else:
+                h = state[k]
+                pre = (torch.addmm(self.table[token], h, w_hh_t) if first_from_table
+                       else torch.addmm(bias, torch.cat([x, h], 1), w_t))
+                x = self.activation(pre)
+                new.append(x)
+        return torch.nn.functional.linear(x, self.net.decoder.weight, self.net.decoder.bias), new
 
     def __call__(self, token: torch.Tensor, hidden):
         """token (B,), hidden as nn.RNN/LSTM/GRU returns it -> logits (B, V), new hidden."""
         if not self.fast:
             logits, _, hidden = self.net(token[:, None], hidden)
             return logits[:, -1], hidden
-        x = self.net.encoder.weight[token]                                   # (B, E)
-        if self.cell == "lstm":
-            h_all, c_all = hidden
-            hs, cs = [], []
-            for k, weights in enumerate(self.layers):
-                h, c = self.step_function(x, (h_all[k], c_all[k]), *weights)
-                hs.append(h)
-                cs.append(c)
-                x = h
-            hidden = (torch.stack(hs), torch.stack(cs))                       # (layers, B, H) each
-        else:
-            hs = []
-            for k, weights in enumerate(self.layers):
-                x = self.step_function(x, hidden[k], *weights)
-                hs.append(x)
-            hidden = torch.stack(hs)
-        return torch.nn.functional.linear(x, self.net.decoder.weight, self.net.decoder.bias), hidden
+        logits, state = self.step(token, self.begin(hidden))
+        return logits, self.end(state)
 
 
 @torch.inference_mode()
@@ -101,9 +158,17 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
     net.eval()
     logits, _, hidden = net(prompt)                                          # the prompt in one fused call
     logits = logits[:, -1]                                                   # (B, V)
-    step = Stepper(net)
+    stepper = Stepper(net)
+    if not stepper.fast:
+        for _ in range(steps):
+            token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                               greedy=greedy, generator=generator)
+            yield token
+            logits, hidden = stepper(token, hidden)
+        return
+    state = stepper.begin(hidden)
     for _ in range(steps):
         token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy, generator=generator)
         yield token
-        logits, hidden = step(token, hidden)
+        logits, state = stepper.step(token, state)

@@ -10,14 +10,20 @@ Three levels:
   with Hugging Face `tokenizers`: any text in, the same text out, no `<unk>`.
 
 A tokenizer is saved as JSON beside the model, so sampling never needs the corpus.
+
+Fitting and encoding stream over the text in blocks of whole lines (`blocks`), so memory holds
+the text, the output ids (a numpy array, 8 bytes a token) and one block's worth of Python
+objects, never a Python object per token: a 100 MB corpus tokenises in seconds
+(benchmarks/tokenize_speed.py). Tokenised corpora are cached on disk by `tokencache.py`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from array import array
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -44,17 +50,23 @@ class CharTokenizer:
 
     @classmethod
     def fit(cls, text: str) -> CharTokenizer:
-        return cls([UNK, *sorted(set(text))])
+        seen = np.zeros(0x110000, dtype=bool)
+        for block in blocks(text):
+            seen[_code_points(block)] = True
+        return cls([UNK, *map(chr, np.flatnonzero(seen))])
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-        inside = codes < len(self._lut)
-        ids = np.zeros(len(codes), dtype=np.int64)  # outside the table: <unk>
-        ids[inside] = self._lut[codes[inside]]
+        ids = np.zeros(len(text), dtype=np.int64)  # outside the table: <unk>
+        start = 0
+        for block in blocks(text):
+            codes = _code_points(block)
+            inside = codes < len(self._lut)
+            ids[start:start + len(block)][inside] = self._lut[codes[inside]]
+            start += len(block)
         return ids
 
     def unknown(self, text: str) -> list[str]:
@@ -100,9 +112,10 @@ class WordTokenizer:
 
     def tokens(self, text: str) -> Iterable[str]:
         """Every token of the text, with <eos> at each line end; a generator, so memory stays flat."""
-        for line in text.splitlines():
-            yield from self.words(line)
-            yield EOS
+        for block in blocks(text):
+            for line in block.splitlines():
+                yield from self.words(line)
+                yield EOS
 
     @classmethod
     def fit(cls, text: str, *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
@@ -123,8 +136,8 @@ class WordTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         get, unk = self.index.get, self.unk_id
-        ids = array("q", (get(tok, unk) for tok in self.tokens(text)))
-        return np.frombuffer(ids, dtype=np.int64).copy()
+        parts = [np.fromiter((get(tok, unk) for tok in self.tokens(block)), dtype=np.int64) for block in blocks(text)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def unknown(self, text: str) -> list[str]:
         return sorted({tok for tok in self.tokens(text) if tok not in self.index})
@@ -162,7 +175,7 @@ class BPETokenizer:
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        backend.train_from_iterator(_chunks(text), trainer=trainer)
+        backend.train_from_iterator(blocks(text, 1 << 16), trainer=trainer)
         return cls(backend)
 
     @property
@@ -170,9 +183,13 @@ class BPETokenizer:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
+        # an Encoding holds every token's string: encode a few megabytes at a time, without offsets if we can
+        encode_batch = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
         ids = array("q")
-        for encoding in self.backend.encode_batch(list(_chunks(text))):
-            ids.extend(encoding.ids)
+        pieces = blocks(text, 1 << 14)
+        while batch := list(itertools.islice(pieces, 256)):
+            for encoding in encode_batch(batch):
+                ids.extend(encoding.ids)
         return np.frombuffer(ids, dtype=np.int64).copy()
 
     def unknown(self, text: str) -> list[str]:
@@ -191,11 +208,18 @@ class BPETokenizer:
         return {"type": "bpe", "tokenizer": self.backend.to_str()}
 
 
-def _chunks(text: str, lines: int = 2000):
-    """Text in pieces of whole lines (newlines kept), so that tokenizers can work in batches."""
-    parts = text.splitlines(keepends=True)
-    for i in range(0, len(parts), lines):
-        yield "".join(parts[i:i + lines])
+def blocks(text: str, size: int = 1 << 20) -> Iterator[str]:
+    """The text in consecutive pieces of about `size` characters that end at a newline (or the end)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size - 1)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 class Detokenizer:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rnnlab import __version__, checkpoint, distributed
+from rnnlab import __version__, checkpoint, distributed, tokencache
 from rnnlab.batching import batchify, num_windows, windows
 from rnnlab.corpus import Corpus, load_corpus
 from rnnlab.errors import RnnlabError
@@ -45,11 +45,18 @@ PRESETS: dict[str, dict] = {
     "zaremba-small": dict(level="word", cell="lstm", layers=2, hidden=200, embed_dim=200, batch_size=20, bptt=20,
                           optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
                           decay_start=4, epochs=13),
-    # Tiny Shakespeare, char level, 5 minutes on 2 CPU cores: 1.513 nats/char valid (benchmarks/RESULTS.md).
-    # bf16 autocast runs a 2x384 LSTM as fast as fp32 runs a 2x256 one; cosine decay to the budget's end.
-    "cpu-5min": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=64, bptt=128,
-                     optimizer="adamw", lr=3e-3, schedule="cosine", warmup=50, clip=1.0, precision="bf16",
-                     eval_every=250, time_budget=5.0),
+    # Tiny Shakespeare, char level, on 2 CPU cores (benchmarks/RESULTS.md): bf16 autocast runs a 2x384 LSTM as
+    # fast as fp32 runs a 2x256 one; a cosine schedule that ends with the budget; short budgets want a high lr
+    # and more, smaller steps.
+    "cpu-90s": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=32, bptt=128,
+                    optimizer="adamw", lr=1e-2, schedule="cosine", warmup=20, clip=1.0, precision="bf16",
+                    eval_every=250, time_budget=1.5),
+    "cpu-5min": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=32, bptt=128,
+                     optimizer="adamw", lr=6e-3, schedule="cosine", warmup=50, clip=1.0, precision="bf16",
+                     eval_every=500, time_budget=5.0),
+    "cpu-20min": dict(level="char", cell="lstm", layers=2, hidden=512, embed_dim=128, dropout=0.25, batch_size=64,
+                      bptt=128, optimizer="adamw", lr=4e-3, weight_decay=0.01, schedule="cosine", warmup=50,
+                      clip=1.0, precision="bf16", eval_every=500, time_budget=20.0),
 }
 QUICK_EVAL_TOKENS = 200_000  # on Ctrl-C, validate before exiting only if it takes seconds
 
@@ -514,7 +521,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
           command: str | None = None, log=None, model: str = "rnn", states: int = 64, order: int = 5,
           em_iterations: int = 20, tokenizer=None, embedding: str | None = None,
           embedding_format: str | None = None, w2v_skipgram: bool = True, w2v_window: int = 5, w2v_epochs: int = 5,
-          w2v_min_count: int = 1, **options):
+          w2v_min_count: int = 1, cache: bool = True, **options):
     """Train a recurrent language model and return it (the best checkpoint).
 
     `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list
@@ -524,7 +531,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     `model="hmm"` (with `states`, `em_iterations`) or `model="ngram"` (with `order`) trains a
     baseline instead (baselines.py). `tokenizer` replaces the one fitted on the training split.
     `embedding` is learned (default), onehot, word2vec (trained on the training split with the
-    `w2v_*` options) or the path of a GloVe / word2vec file (embeddings.py).
+    `w2v_*` options) or the path of a GloVe / word2vec file (embeddings.py). With `cache` (the
+    default) the tokenised corpus is read from, or written to, the cache (tokencache.py).
     """
     if model not in ("rnn", "hmm", "ngram"):
         raise RnnlabError(f"unknown model {model!r}; choose rnn, hmm or ngram")
@@ -575,12 +583,15 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
 
     if saved is not None:
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
+    settings = dict(level=level, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase,
+                    pretokenized=corpus.pretokenized)
+    tokenizer, ids = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
+                                              tokenizer=tokenizer, cache=cache, log=log)
+    train_ids, valid_ids, test_ids = ids["train"], ids["valid"], ids["test"]
+    if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
         train_config = TrainConfig(**{**saved["train"], **train_options})
     else:
-        if tokenizer is None:
-            tokenizer = build_tokenizer(level, corpus.train, max_vocab=max_vocab, min_freq=min_freq,
-                                        lowercase=lowercase, pretokenized=corpus.pretokenized)
         level = tokenizer.kind
         vectors = None
         if embedding not in (None, "learned", "onehot"):
@@ -590,9 +601,6 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             model_options.setdefault("embed_dim", vectors.vector_size)
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
         train_config = TrainConfig(**train_options)
-    train_ids = tokenizer.encode(corpus.train)
-    valid_ids = tokenizer.encode(corpus.valid) if corpus.valid else None
-    test_ids = tokenizer.encode(corpus.test) if corpus.test else None
     if saved is not None and saved["corpus"].get("train_sha256") not in (None, _sha256(train_ids)):
         raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
 

@@ -1,0 +1,104 @@
+"""Tokenised corpora cached on disk, so that a second run on the same text starts in seconds.
+
+    key = sha256(cache format, tokenizer settings, the train / valid / test text)
+    <cache>/tokens/<key>/   tokenizer.json   train.npy   valid.npy   test.npy
+
+`<cache>` is `~/.cache/rnnlab` or `$RNNLAB_CACHE` (corpus.cache_dir). The settings are the
+fitting options (level, vocabulary cap, ...) for a tokenizer fitted on the training split, or the
+tokenizer itself when one is given (a resumed run, a tokenizer passed to `train`). Ids are stored
+in the smallest unsigned type that holds the vocabulary (uint16 up to 65,536 tokens) and read back
+as int64; `.npy` files hold no pickles. An entry is written into a temporary folder and renamed
+into place, so a crash never leaves a half-written one; an unreadable entry is ignored and
+rewritten. Deleting the folder only costs the next run its tokenisation time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from rnnlab.corpus import Corpus, cache_dir
+from rnnlab.tokenize import tokenizer_from_dict
+
+FORMAT = 1  # bump when tokenisation itself changes, so old entries are not reused
+SPLITS = ("train", "valid", "test")
+
+
+def corpus_key(corpus: Corpus, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps({"format": FORMAT, **settings}, sort_keys=True).encode())
+    for name in SPLITS:
+        text = getattr(corpus, name)
+        digest.update(f"|{name}:{'none' if text is None else len(text)}|".encode())
+        for start in range(0, len(text or ""), 1 << 24):  # hash in 16 M-character pieces: no full-size copy
+            digest.update(text[start:start + (1 << 24)].encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def entry_dir(key: str) -> Path:
+    return cache_dir() / "tokens" / key
+
+
+def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, tokenizer=None, cache: bool = True,
+                  log=print):
+    """(tokenizer, {split: int64 ids or None}) for the corpus, from the cache when it holds them.
+
+    `fit()` builds the tokenizer on a miss when none is given; `settings` are what `fit` depends on.
+    """
+    if tokenizer is not None:
+        settings = {"tokenizer": tokenizer.to_dict()}
+    key = corpus_key(corpus, settings) if cache else None
+    if cache:
+        hit = _read(entry_dir(key))
+        if hit is not None:
+            log(f"tokens: read from the cache ({entry_dir(key)})")
+            return hit
+    chars = sum(len(getattr(corpus, name) or "") for name in SPLITS)
+    if chars > 10_000_000:
+        log(f"tokenising {chars / 1e6:,.0f} M characters (cached for the next run)")
+    tokenizer = tokenizer if tokenizer is not None else fit()
+    ids = {name: tokenizer.encode(getattr(corpus, name)) if getattr(corpus, name) else None for name in SPLITS}
+    if cache:
+        _write(entry_dir(key), tokenizer, ids)
+    return tokenizer, ids
+
+
+def _read(folder: Path):
+    try:
+        tokenizer = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+        ids = {}
+        for name in SPLITS:
+            path = folder / f"{name}.npy"
+            ids[name] = np.load(path, allow_pickle=False).astype(np.int64) if path.exists() else None
+    except Exception:  # absent, or damaged by hand: a miss, and the entry is written again
+        return None
+    if ids["train"] is None or any(len(v) and v.max() >= tokenizer.vocab_size for v in ids.values() if v is not None):
+        return None
+    return tokenizer, ids
+
+
+def _write(folder: Path, tokenizer, ids: dict) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
+    try:
+        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False), encoding="utf-8")
+        for name, values in ids.items():
+            if values is not None:
+                np.save(tmp / f"{name}.npy", values.astype(dtype), allow_pickle=False)
+        if folder.exists():  # a damaged entry (a good one would have been read)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process wrote the same entry first: theirs is as good as ours
+            pass
+    except OSError:
+        pass  # a read-only or full cache costs speed, never the run
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""The token cache: a second run reads the tokenised corpus instead of fitting and encoding again."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import shakespeare
+from rnnlab import tokencache
+from rnnlab.corpus import Corpus
+from rnnlab.tokenize import CharTokenizer, WordTokenizer, blocks, build_tokenizer
+from rnnlab.train import train
+
+SETTINGS = dict(level="word", max_vocab=500, min_freq=1, lowercase=False, pretokenized=False)
+
+
+def corpus(text: str = shakespeare(20_000)) -> Corpus:
+    return Corpus("t", text[:15_000], text[15_000:18_000], text[18_000:])
+
+
+def counting_fit(corp: Corpus, calls: list):
+    def fit():
+        calls.append(1)
+        return build_tokenizer(train_text=corp.train, **SETTINGS)
+    return fit
+
+
+def test_second_encoding_comes_from_the_cache_without_fitting(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    corp, calls, messages = corpus(), [], []
+    tok1, ids1 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    tok2, ids2 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    assert len(calls) == 1 and any("from the cache" in m for m in messages)
+    assert tok2.vocab == tok1.vocab and isinstance(tok2, WordTokenizer)
+    for name in ("train", "valid", "test"):
+        assert ids2[name].dtype == np.int64 and np.array_equal(ids1[name], ids2[name])
+        assert np.array_equal(ids1[name], tok1.encode(getattr(corp, name)))
+    entry = tokencache.entry_dir(tokencache.corpus_key(corp, SETTINGS))
+    assert np.load(entry / "train.npy", allow_pickle=False).dtype == np.uint16  # compact on disk
+
+
+def test_other_text_or_settings_or_tokenizer_get_their_own_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    corp = corpus()
+    keys = {tokencache.corpus_key(corp, SETTINGS),
+            tokencache.corpus_key(corp, {**SETTINGS, "max_vocab": 400}),
+            tokencache.corpus_key(corp, {**SETTINGS, "lowercase": True}),
+            tokencache.corpus_key(Corpus("t", corp.train + "x", corp.valid, corp.test), SETTINGS),
+            tokencache.corpus_key(Corpus("t", corp.train, None, corp.valid + corp.test), SETTINGS)}
+    assert len(keys) == 5
+    calls = []
+    tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    given_tok = CharTokenizer.fit(corp.train)
+    tok, ids = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), tokenizer=given_tok,
+                                        log=lambda m: None)
+    assert tok is given_tok and np.array_equal(ids["valid"], given_tok.encode(corp.valid)) and len(calls) == 1
+
+
+def test_a_damaged_entry_is_a_miss_and_is_written_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    corp, calls = corpus(), []
+    _, first = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    entry = tokencache.entry_dir(tokencache.corpus_key(corp, SETTINGS))
+    data = (entry / "train.npy").read_bytes()
+    (entry / "train.npy").write_bytes(data[: len(data) // 2])
+    _, again = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    assert len(calls) == 2 and np.array_equal(again["train"], first["train"])
+    _, third = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    assert len(calls) == 2 and np.array_equal(third["train"], first["train"])
+    assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_train_reads_the_cache_on_its_second_run_and_skips_it_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    options = dict(hidden=16, embed_dim=8, layers=1, batch_size=4, bptt=16, max_steps=2, progress=False)
+    logs = {k: [] for k in ("first", "second", "off")}
+    for run, cache in (("first", True), ("second", True), ("off", False)):
+        lm = train(corpus(), tmp_path / run, cache=cache, log=logs[run].append, **options)
+        logs[run].append(lm.config["corpus"]["train_sha256"])
+    hit = [any("from the cache" in m for m in logs[k]) for k in ("first", "second", "off")]
+    assert hit == [False, True, False]
+    assert logs["first"][-1] == logs["second"][-1] == logs["off"][-1]  # the same tokens every way
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="ab\n\r\u2028é", max_size=300), st.integers(1, 40))
+def test_blocks_cover_the_text_and_cut_only_after_newlines(text, size):
+    parts = list(blocks(text, size))
+    assert "".join(parts) == text
+    assert all(p.endswith("\n") for p in parts[:-1]) and all(p for p in parts)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet="ab c,\n\r\u2028é", max_size=400))
+def test_streamed_encoding_equals_encoding_the_text_line_by_line(text):
+    word = WordTokenizer.fit(text)
+    expected = [t for line in text.splitlines() for t in (*word.words(line), "<eos>")]
+    assert [word.vocab[i] for i in word.encode(text)] == expected
+    char = CharTokenizer.fit(text)
+    assert char.decode(char.encode(text)) == text
