@@ -1,5 +1,5 @@
 # The two commands of the README. Both create .venv and install what they need.
-#   make demo   train a small char-level LSTM on the built-in corpus (<= 3 min on 2 cores), then generate
+#   make demo   train a small char-level LSTM on the built-in corpus (90 s on 2 cores), then generate
 #   make test   run the test suite
 PYTHON ?= python3
 VENV := .venv

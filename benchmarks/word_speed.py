@@ -13,6 +13,7 @@ train the same model with `rnnlab.train`:
     bf16       --precision bf16
     adaptive   --softmax adaptive (default cutoffs: a head of the 2,000 most frequent words)
     adaptive-bf16   both
+    NAME:C1/C2 the same with --cutoffs C1,C2 (e.g. adaptive-bf16:4000)
 
 Tokens/s counts training steps only (no validation); the valid perplexity of every variant is
 measured the same way afterwards: 10 parallel streams, as the example evaluates.
@@ -115,21 +116,24 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.corpus}: vocabulary "
           f"{tokenizer.vocab_size:,}, {len(train_ids):,} training tokens; "
           f"{f'{args.steps} steps' if args.steps else 'one epoch'} each")
-    print(f"{'variant':<15} {'tokens/s':>9} {'valid ppl':>10} {'steps':>6}")
+    print(f"{'variant':<20} {'tokens/s':>9} {'valid ppl':>10} {'steps':>6}", flush=True)
     rows = {}
     for variant in args.variants.split(","):
         if variant == "plain":
             rate, ppl, steps = plain(train_ids, valid_ids, tokenizer.vocab_size, args.steps)
         else:
             limit = dict(max_steps=args.steps) if args.steps else dict(epochs=1)
-            lm = rnnlab.train(corpus, f"{args.out}-{variant}", tokenizer=tokenizer, overwrite=True, progress=False,
-                              log=lambda m: None, cache=False, **MODEL, **TRAIN, **limit, **VARIANTS[variant])
+            name, _, cutoffs = variant.partition(":")
+            options = {**VARIANTS[name], **({"cutoffs": tuple(map(int, cutoffs.split("/")))} if cutoffs else {})}
+            lm = rnnlab.train(corpus, f"{args.out}-{variant.replace(':', '-').replace('/', '-')}", tokenizer=tokenizer,
+                              overwrite=True, progress=False, log=lambda m: None, cache=False, **MODEL, **TRAIN,
+                              **limit, **options)
             steps = lm.config["steps"]
             rate = steps * TRAIN["batch_size"] * TRAIN["bptt"] / lm.config["train_seconds"]
             total, count = stream_sums(lm.net, valid_ids, batch_size=10, chunk=35)
             ppl = math.exp(total / count)
         rows[variant] = rate, ppl
-        print(f"{variant:<15} {rate:9,.0f} {ppl:10.2f} {steps:6d}", flush=True)
+        print(f"{variant:<20} {rate:9,.0f} {ppl:10.2f} {steps:6d}", flush=True)
     if "plain" in rows:
         base_rate, base_ppl = rows["plain"]
         for variant, (rate, ppl) in rows.items():

@@ -110,3 +110,15 @@ def test_learned_embeddings_start_at_unit_scale_unless_an_init_range_is_given():
         assert p.abs().max().item() <= 0.05
     onehot = RNNLM(ModelConfig(vocab_size=500, cell="lstm", hidden=16, input="onehot"))
     assert onehot.encoder.weight.abs().max().item() <= 0.1                     # a weight matrix, not vectors
+
+
+def test_adaptive_softmax_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=3000, hidden=16, embed_dim=16, layers=2, softmax="adaptive", cutoffs=(100, 1000)))
+    idx, targets = torch.randint(3000, (2, 7)), torch.randint(3000, (2, 7))
+    _, fp32_loss, _ = net(idx, targets=targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss, _ = net(idx, targets=targets)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isclose(loss, fp32_loss, rtol=0.02)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.adaptive.parameters())

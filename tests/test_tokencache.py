@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,3 +101,14 @@ def test_streamed_encoding_equals_encoding_the_text_line_by_line(text):
     assert [word.vocab[i] for i in word.encode(text)] == expected
     char = CharTokenizer.fit(text)
     assert char.decode(char.encode(text)) == text
+
+
+def test_cli_reports_the_cache_and_no_cache_skips_it(tmp_path, text_file):
+    from conftest import TINY, run_cli
+    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache")}
+    outputs = []
+    for run, extra in (("a", ()), ("b", ()), ("c", ("--no-cache",))):
+        result = run_cli("train", text_file, "--out", tmp_path / run, "--max-steps", "1", *TINY, *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        outputs.append("read from the cache" in result.stderr)
+    assert outputs == [False, True, False]

@@ -162,9 +162,11 @@ class RNNLM(nn.Module):
         out = self.drop(out)
         if self.decoder is None:
             flat = out.reshape(-1, out.size(-1)).float()                       # (B*T, H)
-            if targets is not None:
-                return None, self.adaptive(flat, targets.reshape(-1)).loss, hidden
-            return self.adaptive.log_prob(flat).view(*out.shape[:2], -1), None, hidden
+            # in float32 even under bf16 autocast: the module writes its cluster outputs into one float tensor
+            with torch.autocast(flat.device.type, enabled=False):
+                if targets is not None:
+                    return None, self.adaptive(flat, targets.reshape(-1)).loss, hidden
+                return self.adaptive.log_prob(flat).view(*out.shape[:2], -1), None, hidden
         logits = self.decoder(out)                  # (B, T, V)
         loss = None
         if targets is not None:
