@@ -31,9 +31,9 @@ def counting_fit(corp: Corpus, calls: list):
 def test_second_encoding_comes_from_the_cache_without_fitting(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     corp, calls, messages = corpus(), [], []
-    tok1, ids1 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
-    tok2, ids2 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
-    assert len(calls) == 1 and any("from the cache" in m for m in messages)
+    tok1, ids1, hit1 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    tok2, ids2, hit2 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    assert len(calls) == 1 and (hit1, hit2) == (False, True)
     assert tok2.vocab == tok1.vocab and isinstance(tok2, WordTokenizer)
     for name in ("train", "valid", "test"):
         assert ids2[name].dtype == np.int64 and np.array_equal(ids1[name], ids2[name])
@@ -54,21 +54,21 @@ def test_other_text_or_settings_or_tokenizer_get_their_own_entry(tmp_path, monke
     calls = []
     tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     given_tok = CharTokenizer.fit(corp.train)
-    tok, ids = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), tokenizer=given_tok,
-                                        log=lambda m: None)
+    tok, ids, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), tokenizer=given_tok,
+                                           log=lambda m: None)
     assert tok is given_tok and np.array_equal(ids["valid"], given_tok.encode(corp.valid)) and len(calls) == 1
 
 
 def test_a_damaged_entry_is_a_miss_and_is_written_again(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     corp, calls = corpus(), []
-    _, first = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    _, first, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     entry = tokencache.entry_dir(tokencache.corpus_key(corp, SETTINGS))
     data = (entry / "train.npy").read_bytes()
     (entry / "train.npy").write_bytes(data[: len(data) // 2])
-    _, again = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    _, again, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     assert len(calls) == 2 and np.array_equal(again["train"], first["train"])
-    _, third = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    _, third, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     assert len(calls) == 2 and np.array_equal(third["train"], first["train"])
     assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
@@ -80,7 +80,7 @@ def test_train_reads_the_cache_on_its_second_run_and_skips_it_when_asked(tmp_pat
     for run, cache in (("first", True), ("second", True), ("off", False)):
         lm = train(corpus(), tmp_path / run, cache=cache, log=logs[run].append, **options)
         logs[run].append(lm.config["corpus"]["train_sha256"])
-    hit = [any("from the cache" in m for m in logs[k]) for k in ("first", "second", "off")]
+    hit = [any("tokens from the cache" in m for m in logs[k]) for k in ("first", "second", "off")]
     assert hit == [False, True, False]
     assert logs["first"][-1] == logs["second"][-1] == logs["off"][-1]  # the same tokens every way
 
@@ -110,5 +110,5 @@ def test_cli_reports_the_cache_and_no_cache_skips_it(tmp_path, text_file):
     for run, extra in (("a", ()), ("b", ()), ("c", ("--no-cache",))):
         result = run_cli("train", text_file, "--out", tmp_path / run, "--max-steps", "1", *TINY, *extra, env=env)
         assert result.returncode == 0, result.stderr
-        outputs.append("read from the cache" in result.stderr)
+        outputs.append("tokens from the cache" in result.stderr)
     assert outputs == [False, True, False]

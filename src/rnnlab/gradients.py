@@ -98,7 +98,9 @@ def set_spectral_radius(rnn: nn.Module, radius: float) -> None:
 def fresh_model(cell: str, vocab_size: int, *, hidden: int, layers: int, recurrent_init_scale: float | None,
                 seed: int) -> RNNLM:
     torch.manual_seed(seed)
-    net = RNNLM(ModelConfig(vocab_size, cell=cell, embed_dim=hidden, hidden=hidden, layers=layers))
+    # small input vectors (pytorch/examples' uniform(-0.1, 0.1)): the recurrence, not the input, then
+    # decides how the hidden state and its gradient grow, which is what these experiments look at
+    net = RNNLM(ModelConfig(vocab_size, cell=cell, embed_dim=hidden, hidden=hidden, layers=layers, embed_init="uniform"))
     if recurrent_init_scale is not None:
         set_spectral_radius(net.rnn, recurrent_init_scale)
     return net

@@ -44,6 +44,7 @@ class ModelConfig:
     tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
     freeze_embeddings: bool = False  # keep the input embedding fixed (pretrained vectors stay as they are)
     init_range: float | None = None  # uniform(-r, r) for embedding and recurrent weights (Zaremba: 0.1); None: torch's
+    embed_init: str = "normal"     # learned embedding without init_range: torch's N(0, 1), or uniform(-0.1, 0.1)
     impl: str = "torch"           # torch: fused nn.RNN/LSTM/GRU kernels; explicit: the equations in cells.py (slow, for study)
     softmax: str = "full"         # full | adaptive (Grave et al. 2017): frequent words get the full width, rare ones less
     cutoffs: tuple[int, ...] = ()  # adaptive: vocabulary boundaries of the clusters; () picks 2k/10k/50k-style ones
@@ -66,6 +67,8 @@ class ModelConfig:
             raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
         if self.freeze_embeddings and (self.tie_weights or self.input != "learned"):
             raise RnnlabError("--freeze-embeddings needs a learned (or pretrained) embedding and no --tie-weights")
+        if self.embed_init not in ("normal", "uniform"):
+            raise RnnlabError(f"unknown embedding init {self.embed_init!r}; choose normal or uniform")
         if self.softmax not in ("full", "adaptive"):
             raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
         if self.softmax == "adaptive":
@@ -141,7 +144,7 @@ class RNNLM(nn.Module):
         # a learned embedding keeps torch's N(0, 1) unless --init-range asks for Zaremba's uniform(-r, r):
         # with Adam-sized steps, vectors of +-0.1 take hundreds of steps to carry any signal (on Tiny
         # Shakespeare: 1.93 against 1.7 nats/char after 90 s). A one-hot table is the first layer's W.
-        if r is not None or self.config.input == "onehot":
+        if r is not None or self.config.input == "onehot" or self.config.embed_init == "uniform":
             nn.init.uniform_(self.encoder.weight, -(r or 0.1), r or 0.1)
         if self.decoder is not None:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)  # as pytorch/examples word_language_model

@@ -47,7 +47,7 @@ def entry_dir(key: str) -> Path:
 
 def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, tokenizer=None, cache: bool = True,
                   log=print):
-    """(tokenizer, {split: int64 ids or None}) for the corpus, from the cache when it holds them.
+    """(tokenizer, {split: int64 ids or None}, whether they came from the cache) for the corpus.
 
     `fit()` builds the tokenizer on a miss when none is given; `settings` are what `fit` depends on.
     """
@@ -57,8 +57,7 @@ def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, 
     if cache:
         hit = _read(entry_dir(key))
         if hit is not None:
-            log(f"tokens: read from the cache ({entry_dir(key)})")
-            return hit
+            return (*hit, True)
     chars = sum(len(getattr(corpus, name) or "") for name in SPLITS)
     if chars > 10_000_000:
         log(f"tokenising {chars / 1e6:,.0f} M characters (cached for the next run)")
@@ -66,7 +65,7 @@ def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, 
     ids = {name: tokenizer.encode(getattr(corpus, name)) if getattr(corpus, name) else None for name in SPLITS}
     if cache:
         _write(entry_dir(key), tokenizer, ids)
-    return tokenizer, ids
+    return tokenizer, ids, False
 
 
 def _read(folder: Path):

@@ -585,8 +585,9 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
     settings = dict(level=level, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase,
                     pretokenized=corpus.pretokenized)
-    tokenizer, ids = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
-                                              tokenizer=tokenizer, cache=cache, log=log)
+    tokenizer, ids, cached = tokencache.encode_corpus(
+        corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings), tokenizer=tokenizer,
+        cache=cache, log=log)
     train_ids, valid_ids, test_ids = ids["train"], ids["valid"], ids["test"]
     if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
@@ -670,7 +671,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     else:
         log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
             f"train {len(train_ids):,} tokens | valid {0 if valid_ids is None else len(valid_ids):,} | "
-            f"test {0 if test_ids is None else len(test_ids):,}")
+            f"test {0 if test_ids is None else len(test_ids):,}{' | tokens from the cache' if cached else ''}")
         log(f"model: {model_config.layers}x{model_config.hidden} {model_config.cell} | input {model_config.input} | "
             f"{net.num_parameters():,} parameters | device {device}")
         log("config: " + " ".join(f"{k}={v}" for k, v in asdict(train_config).items() if v is not None))
