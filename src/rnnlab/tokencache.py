@@ -60,7 +60,7 @@ def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, 
             return (*hit, True)
     chars = sum(len(getattr(corpus, name) or "") for name in SPLITS)
     if chars > 10_000_000:
-        log(f"tokenising {chars / 1e6:,.0f} M characters (cached for the next run)")
+        log(f"tokenising {chars / 1e6:,.0f} M characters{' (cached for the next run)' if cache else ''}")
     tokenizer = tokenizer if tokenizer is not None else fit()
     ids = {name: tokenizer.encode(getattr(corpus, name)) if getattr(corpus, name) else None for name in SPLITS}
     if cache:
