@@ -99,19 +99,26 @@ class Stepper:
         self.H = H
         self.activation = torch.relu if self.cell == "rnn-relu" else torch.tanh
 
-    def begin(self, hidden) -> list:
+    def begin(self, hidden):
         """nn.LSTM/GRU/RNN-style hidden -> the stepper's state (per layer: h, or (h, c))."""
+        if not self.fast:
+            return hidden
         if self.cell == "lstm":
             return [(h, c) for h, c in zip(*hidden)]
         return list(hidden)
 
-    def end(self, state: list):
+    def end(self, state):
+        if not self.fast:
+            return state
         if self.cell == "lstm":
             return torch.stack([h for h, _ in state]), torch.stack([c for _, c in state])
         return torch.stack(state)
 
     def step(self, token: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         """token (B,) and the state -> logits (B, V) and the new state (the old one is not changed)."""
+        if not self.fast:
+            logits, _, hidden = self.net(token[:, None], state)
+            return logits[:, -1], hidden
         H, new = self.H, []
         x = None if self.table is not None else self.net.encoder.weight[token]
         for k, (w_t, bias, w_hh_t, b_hh) in enumerate(self.layers):
@@ -142,9 +149,6 @@ class Stepper:
 
     def __call__(self, token: torch.Tensor, hidden):
         """token (B,), hidden as nn.RNN/LSTM/GRU returns it -> logits (B, V), new hidden."""
-        if not self.fast:
-            logits, _, hidden = self.net(token[:, None], hidden)
-            return logits[:, -1], hidden
         logits, state = self.step(token, self.begin(hidden))
         return logits, self.end(state)
 
@@ -159,13 +163,6 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
     logits, _, hidden = net(prompt)                                          # the prompt in one fused call
     logits = logits[:, -1]                                                   # (B, V)
     stepper = Stepper(net)
-    if not stepper.fast:
-        for _ in range(steps):
-            token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                               greedy=greedy, generator=generator)
-            yield token
-            logits, hidden = stepper(token, hidden)
-        return
     state = stepper.begin(hidden)
     for _ in range(steps):
         token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,

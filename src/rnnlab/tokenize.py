@@ -136,8 +136,7 @@ class WordTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         get, unk = self.index.get, self.unk_id
-        parts = [np.fromiter((get(tok, unk) for tok in self.tokens(block)), dtype=np.int64) for block in blocks(text)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.fromiter((get(tok, unk) for tok in self.tokens(text)), dtype=np.int64)  # tokens() streams
 
     def unknown(self, text: str) -> list[str]:
         return sorted({tok for tok in self.tokens(text) if tok not in self.index})

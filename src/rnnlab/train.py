@@ -602,7 +602,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             model_options.setdefault("embed_dim", vectors.vector_size)
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **model_options)
         train_config = TrainConfig(**train_options)
-    if saved is not None and saved["corpus"].get("train_sha256") not in (None, _sha256(train_ids)):
+    train_sha256 = _sha256(train_ids)  # hashed once: the resume check and config.json both need it
+    if saved is not None and saved["corpus"].get("train_sha256") not in (None, train_sha256):
         raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
 
     if model != "rnn":
@@ -615,8 +616,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         log(f"model: {model} ({f'{states} states' if model == 'hmm' else f'order {order}'}) | writing to {out}")
         run_config = {
             "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
-            "corpus": _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob,
-                                     encoding),
+            "corpus": _corpus_record(corpus, train_sha256, train_ids, valid_ids, test_ids, valid, test,
+                                     valid_fraction, glob, encoding),
             "command": command or ""}
         return train_baseline(model, out, tokenizer, train_ids, valid_ids, test_ids, run_config, states=states,
                               order=order, em_iterations=em_iterations, time_budget=train_config.time_budget,
@@ -655,7 +656,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         "rnnlab_version": __version__, "model_type": "rnn",
         "model": model_config.to_dict(), "train": asdict(train_config),
         "tokenizer": {"level": level, "max_vocab": max_vocab, "min_freq": min_freq, "lowercase": lowercase},
-        "corpus": _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding),
+        "corpus": _corpus_record(corpus, train_sha256, train_ids, valid_ids, test_ids, valid, test, valid_fraction,
+                                 glob, encoding),
         "command": command or (saved or {}).get("command", ""),
         "embedding": (saved or {}).get("embedding") or embedding_record,
     }
@@ -731,11 +733,12 @@ def _word_vectors(embedding: str, fmt: str | None, tokenizer, corpus: Corpus, mo
                                      min_count=min_count, seed=seed)
 
 
-def _corpus_record(corpus, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob, encoding) -> dict:
+def _corpus_record(corpus, train_sha256, train_ids, valid_ids, test_ids, valid, test, valid_fraction, glob,
+                   encoding) -> dict:
     """What config.json records of the corpus: enough to find it again and to check it is the same."""
     return {"name": corpus.name, "sources": corpus.sources, "valid": valid, "test": test,
             "valid_fraction": valid_fraction, "glob": glob, "encoding": encoding,
-            "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
+            "pretokenized": corpus.pretokenized, "train_sha256": train_sha256,
             "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
             "test_tokens": None if test_ids is None else len(test_ids)}
 
