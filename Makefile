@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-numeric clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tests that assert on learned numbers, again, on other CPU kernels: oneDNN and MKL restricted to
+# AVX2 (a CPU without AVX-512/AMX) and two threads per process. CI runs this after `make test`.
+test-numeric: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 RNNLAB_TEST_THREADS=2 $(BIN)/python -m pytest -q -m numeric
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,12 +1,24 @@
-"""Shared fixtures: small slices of the benchmark corpora in ../shared/data, a private cache,
-and a helper that runs the real `rnnlab` command."""
+"""Shared fixtures and helpers: slices of the benchmark corpora in ../shared/data, a private cache,
+one tiny model trained once per session, the `rnnlab` command run in-process or as a real process.
+
+One spelling of each thing the tests share:
+- `TINY` is the tiny model and batch (as library keyword arguments), `tiny_args()` the same as CLI flags;
+- `metrics(dir)` reads a model directory's metrics.jsonl, `train_losses(dir)` its per-step losses;
+- `cli(...)` runs `rnnlab ...` in this process (fast: no torch import per call); `run_cli(...)` starts
+  a real `python -m rnnlab` process, for the tests where the process boundary is the point
+  (signals, SIGKILL, exit codes seen by a shell, torchrun).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,13 +26,49 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
+# The tests' models are tiny: one thread per process is fastest, and on a busy 2-core machine two threads
+# wait on each other at every op (measured: 40 steps of the tiny LSTM took 7 s with one thread, 86 s with
+# two while another process ran). Set before torch is imported; CLI subprocesses inherit it.
+# RNNLAB_TEST_THREADS=2 runs the suite (CI's second, numeric pass) with two.
+os.environ["OMP_NUM_THREADS"] = os.environ.get("RNNLAB_TEST_THREADS", "1")
+os.environ["MKL_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+
 # every test process (and the CLI subprocesses it starts) uses a private, empty cache
 os.environ["RNNLAB_CACHE"] = tempfile.mkdtemp(prefix="rnnlab-test-cache-")
 os.environ.pop("RNNLAB_MIRROR", None)
 
+# The tiny model every quick training test uses: one 32-unit layer, 8 streams of 32 tokens.
+TINY = dict(hidden=32, embed_dim=16, layers=1, batch_size=8, bptt=32)
+QUIET = dict(progress=False, log=lambda message: None)
+
+
+def tiny_args(**overrides) -> list[str]:
+    """TINY (with overrides) as `rnnlab train` flags, plus --quiet."""
+    args = []
+    for name, value in {**TINY, **overrides}.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return [*args, "--quiet"]
+
 
 def shakespeare(chars: int) -> str:
     return (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:chars]
+
+
+def metrics(directory: Path) -> list[dict]:
+    """The records of DIR/metrics.jsonl (a line torn by a kill is skipped)."""
+    records = []
+    for line in (Path(directory) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def train_losses(directory: Path) -> dict[int, float]:
+    """step -> logged training loss; fails if a step was logged twice."""
+    records = [r for r in metrics(directory) if "train_loss" in r]
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+    return {r["step"]: r["train_loss"] for r in records}
 
 
 @pytest.fixture
@@ -31,10 +79,57 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run `python -m rnnlab ARGS` and capture its output."""
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny char-level LSTM directory named 'tiny', trained once for the whole session (40 steps on
+    30 kB of Shakespeare). Tests read it; a test that damages a model copies it first."""
+    import rnnlab
+    root = tmp_path_factory.mktemp("session")
+    (root / "corpus.txt").write_text(shakespeare(30_000), encoding="utf-8")
+    rnnlab.train(str(root / "corpus.txt"), root / "tiny", max_steps=40, **TINY, **QUIET)
+    return root / "tiny"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args, env: dict | None = None) -> Result:
+    """`rnnlab ARGS` in this process: rnnlab.cli.main with stdout/stderr captured. An exception that
+    main() lets through (a bug: the user would see a traceback) fails the test that called it."""
+    from rnnlab.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m rnnlab ARGS` as a real process and capture its output."""
     return subprocess.run([sys.executable, "-m", "rnnlab", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
 
 
-TINY = ("--hidden", "32", "--embed-dim", "16", "--layers", "1", "--batch-size", "8", "--bptt", "32", "--quiet")
+def refused(result, pattern: str) -> None:
+    """A refusal: non-zero exit, exactly one line `rnnlab: error: ...` matching PATTERN, no traceback."""
+    import re
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error:"), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import rnnlab
-from conftest import DATA, run_cli, shakespeare
+from conftest import DATA, cli, shakespeare
 from rnnlab import compare
 from rnnlab.corpus import Corpus
 from rnnlab.errors import RnnlabError
@@ -23,18 +23,18 @@ def ptb_slice(tmp_path, lines=3000):
 def test_baseline_trains_evaluates_and_generates_through_the_cli(tmp_path, model, extra):
     train, valid = ptb_slice(tmp_path)
     out = tmp_path / model
-    result = run_cli("train", train, "--valid", valid, "--pretokenized", "--model", model, *extra, "--out", out)
+    result = cli("train", train, "--valid", valid, "--pretokenized", "--model", model, *extra, "--out", out)
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == model and config["tokenizer"]["level"] == "word"
-    evaluated = json.loads(run_cli("evaluate", out, "--json").stdout)
+    evaluated = json.loads(cli("evaluate", out, "--json").stdout)
     assert set(evaluated) == {"loss", "perplexity", "bits_per_token", "tokens"}
     assert evaluated["perplexity"] == pytest.approx(config["results"]["valid"]["perplexity"], rel=1e-6)
     assert evaluated["perplexity"] < 1000  # well below the 3k+ vocabulary: it learned something
-    first = run_cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
-    again = run_cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
+    first = cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
+    again = cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
     assert first.returncode == 0 and first.stdout == again.stdout and first.stdout.startswith("the company")
-    resumed = run_cli("train", "--resume", out)
+    resumed = cli("train", "--resume", out)
     assert resumed.returncode == 1 and "cannot be resumed" in resumed.stderr
 
 
@@ -62,7 +62,7 @@ def test_compare_parses_models_and_sizes():
 def test_compare_writes_table_csv_and_plot(tmp_path):
     train, valid = ptb_slice(tmp_path, lines=1500)
     out = tmp_path / "cmp"
-    result = run_cli("compare", train, "--valid", valid, "--pretokenized", "--models", "ngram:2,hmm:4,gru",
+    result = cli("compare", train, "--valid", valid, "--pretokenized", "--models", "ngram:2,hmm:4,gru",
                      "--train-tokens", "5k,20k", "--time-budget", "0.1", "--out", out)
     assert result.returncode == 0, result.stderr
     lines = (out / "compare.csv").read_text().splitlines()

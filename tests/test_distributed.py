@@ -1,6 +1,5 @@
 """DDP on the CPU: 2 processes (gloo on 127.0.0.1) take the same steps as 1 process with the same global batch."""
 
-import json
 import signal
 import socket
 import subprocess
@@ -10,10 +9,10 @@ import time
 import pytest
 
 import rnnlab
-from conftest import run_cli, shakespeare
+from conftest import cli, metrics, shakespeare, tiny_args
 
-ARGS = ("--hidden", "32", "--embed-dim", "16", "--layers", "2", "--batch-size", "8", "--bptt", "32", "--quiet",
-        "--max-steps", "30", "--schedule", "constant", "--log-every", "1", "--eval-every", "10", "--lr", "0.01")
+ARGS = (*tiny_args(layers=2), "--max-steps", "30", "--schedule", "constant", "--log-every", "1", "--eval-every", "10",
+        "--lr", "0.01")
 
 
 def free_port() -> int:
@@ -28,10 +27,6 @@ def torchrun(*args, nproc=2, **kwargs):
     return command
 
 
-def records(directory):
-    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ddp") / "corpus.txt"
@@ -40,12 +35,12 @@ def corpus_file(tmp_path_factory):
 
 
 def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(corpus_file, tmp_path):
-    single = run_cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
+    single = cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
     assert single.returncode == 0, single.stderr
     double = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "two", *ARGS),
                             capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
-    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     train_one = {r["step"]: r["train_loss"] for r in one if "train_loss" in r}
     train_two = {r["step"]: r["train_loss"] for r in two if "train_loss" in r}
     assert sorted(train_two) == list(range(1, 31))        # only rank 0 writes: each step once
@@ -70,8 +65,8 @@ def test_resume_with_the_same_world_size_continues_exactly(corpus_file, tmp_path
     resumed = subprocess.run(torchrun("train", "--resume", tmp_path / "part", "--max-steps", "30", "--quiet"),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = {r["step"]: r["train_loss"] for r in records(tmp_path / "full") if "train_loss" in r}
-    b = {r["step"]: r["train_loss"] for r in records(tmp_path / "part") if "train_loss" in r}
+    a = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "full") if "train_loss" in r}
+    b = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "part") if "train_loss" in r}
     for step in range(16, 31):
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
 
@@ -80,7 +75,7 @@ def test_resume_with_another_world_size_says_what_it_does(corpus_file, tmp_path)
     first = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "m", *ARGS),
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    result = run_cli("train", "--resume", tmp_path / "m", "--max-steps", "35")
+    result = cli("train", "--resume", tmp_path / "m", "--max-steps", "35")
     assert result.returncode == 0, result.stderr
     assert "written by 2 process(es), this run has 1" in result.stderr
 

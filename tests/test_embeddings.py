@@ -8,7 +8,7 @@ import torch
 from gensim.models import KeyedVectors
 
 import rnnlab
-from conftest import DATA, run_cli, shakespeare
+from conftest import DATA, cli, shakespeare
 from rnnlab.corpus import Corpus
 from rnnlab.embeddings import detect_format, load_vectors, nearest
 from rnnlab.errors import RnnlabError
@@ -88,7 +88,7 @@ def test_word2vec_trained_on_the_corpus_covers_the_vocabulary(tmp_path):
 
 def test_export_then_load_round_trips_and_neighbors_use_cosine(tmp_path):
     lm = rnnlab.train(ptb_corpus(), tmp_path / "m", embed_dim=16, **SMALL)
-    result = run_cli("embeddings", tmp_path / "m", "--out", tmp_path / "vectors.txt")
+    result = cli("embeddings", tmp_path / "m", "--out", tmp_path / "vectors.txt")
     assert result.returncode == 0, result.stderr
     kv = load_vectors(tmp_path / "vectors.txt")
     weight = lm.net.encoder.weight.detach()
@@ -101,9 +101,9 @@ def test_export_then_load_round_trips_and_neighbors_use_cosine(tmp_path):
     best = max((w for w in lm.tokenizer.vocab if w != "the"),
                key=lambda w: float(unit[lm.tokenizer.vocab.index(w)] @ unit[lm.tokenizer.vocab.index("the")]))
     assert top[0][0] == best and top[0][1] >= top[1][1] >= top[2][1]
-    shown = run_cli("neighbors", tmp_path / "m", "the", "-k", "3")
+    shown = cli("neighbors", tmp_path / "m", "the", "-k", "3")
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 3
-    missing = run_cli("neighbors", tmp_path / "m", "qwertyuiop")
+    missing = cli("neighbors", tmp_path / "m", "qwertyuiop")
     assert missing.returncode == 1 and "not in the model's vocabulary" in missing.stderr
 
 

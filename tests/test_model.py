@@ -122,3 +122,19 @@ def test_adaptive_softmax_runs_under_bf16_autocast():
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isclose(loss, fp32_loss, rtol=0.02)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.adaptive.parameters())
+
+
+def test_lstm_runs_in_fp32_under_bf16_autocast_on_a_cpu_without_a_bf16_lstm_kernel(monkeypatch):
+    # AVX2-only CPUs (and ONEDNN_MAX_CPU_ISA=AVX2) have no oneDNN bf16 LSTM: nn.LSTM raises under autocast
+    import rnnlab.model
+    monkeypatch.setattr(rnnlab.model, "cpu_lstm_runs_in_bf16", lambda: False)
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=50, cell="lstm", hidden=16, embed_dim=8, layers=2))
+    idx, targets = torch.randint(50, (2, 7)), torch.randint(50, (2, 7))
+    _, fp32_loss, _ = net(idx, targets=targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss, (h, c) = net(idx, targets=targets)
+    loss.backward()
+    assert h.dtype == c.dtype == torch.float32 and logits.dtype == torch.bfloat16   # the softmax layer in bf16
+    assert torch.isclose(loss, fp32_loss, rtol=0.02)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.rnn.parameters())

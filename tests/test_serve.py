@@ -18,7 +18,6 @@ pytest.importorskip("fastapi", reason="rnnlab serve needs its extra: pip install
 httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install 'rnnlab[serve]'")
 
 import rnnlab  # noqa: E402
-from conftest import shakespeare  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
 from rnnlab.serve import Limits, bind, create_app, running  # noqa: E402
 
@@ -27,12 +26,9 @@ LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still 
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> rnnlab.LanguageModel:
-    """A tiny char-level LSTM (vocabulary of single characters: one token, one character)."""
-    text = shakespeare(20_000)
-    return rnnlab.train(rnnlab.Corpus("shakespeare", text[:18_000], text[18_000:]),
-                        tmp_path_factory.mktemp("serve") / "tiny", hidden=32, embed_dim=16, layers=1,
-                        batch_size=8, bptt=32, max_steps=20, progress=False, log=lambda m: None)
+def lm(tiny_model) -> rnnlab.LanguageModel:
+    """The session's tiny char-level LSTM (vocabulary of single characters: one token, one character)."""
+    return rnnlab.load(tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +159,7 @@ def test_model_card_has_config_vocabulary_results_and_limits(client, lm):
     assert card["vocab_size"] == lm.tokenizer.vocab_size
     assert card["parameters"] == lm.num_parameters()
     assert card["config"]["model"]["hidden"] == 32
-    assert card["steps"] == 20 and card["train_seconds"] >= 0
+    assert card["steps"] == 40 and card["train_seconds"] >= 0
     assert card["results"]["valid"]["perplexity"] > 1
     assert card["limits"] == {"max_prompt_chars": 100, "max_tokens": 100_000}
 
@@ -291,12 +287,12 @@ def test_long_stream_does_not_hold_up_a_short_request(own_client, own_url):
         for _ in range(10):
             next(long_events)
         # the long stream's client now stops reading: a slow client, with generation still under way
-        started = time.monotonic()
+        # a server that served one request at a time would hold this one until the long stream ended
+        # (LONG tokens: a minute or more) and the client's timeout would fail the test
         quick = httpx.post(url + "/v1/generate", json={"prompt": "JULIET:", "max_tokens": 20}, timeout=30)
         assert quick.status_code == 200 and quick.json()["tokens"] == 20
-        assert time.monotonic() - started < 2.0
-        assert next(long_events)[0] == "message"  # and the long one is still going
-        assert health(client)["active_generations"] == 1
+        assert health(client)["active_generations"] == 1  # answered while the long one is still going
+        assert next(long_events)[0] == "message"
 
 
 def test_client_that_hangs_up_mid_stream_stops_its_generation(own_client, own_url):

@@ -20,7 +20,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the page tests nee
                                                              "(pip install playwright; no browser download)")
 
 import rnnlab  # noqa: E402
-from conftest import shakespeare  # noqa: E402
 from rnnlab.serve import Limits, create_app, running  # noqa: E402
 
 expect = sync_api.expect
@@ -30,11 +29,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory) -> Iterator[str]:
-    text = shakespeare(20_000)
-    lm = rnnlab.train(rnnlab.Corpus("shakespeare", text[:18_000], text[18_000:]),
-                      tmp_path_factory.mktemp("page") / "tiny", hidden=32, embed_dim=16, layers=1,
-                      batch_size=8, bptt=32, max_steps=20, progress=False, log=lambda m: None)
+def url(tiny_model) -> Iterator[str]:
+    lm = rnnlab.load(tiny_model)
     with running(create_app(lm, Limits(max_prompt_chars=200, max_tokens=100_000))) as url:
         yield url
 

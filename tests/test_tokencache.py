@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from hypothesis import given, settings
@@ -104,11 +103,11 @@ def test_streamed_encoding_equals_encoding_the_text_line_by_line(text):
 
 
 def test_cli_reports_the_cache_and_no_cache_skips_it(tmp_path, text_file):
-    from conftest import TINY, run_cli
-    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path / "cache")}
+    from conftest import cli, tiny_args
+    env = {"RNNLAB_CACHE": str(tmp_path / "cache")}
     outputs = []
     for run, extra in (("a", ()), ("b", ()), ("c", ("--no-cache",))):
-        result = run_cli("train", text_file, "--out", tmp_path / run, "--max-steps", "1", *TINY, *extra, env=env)
+        result = cli("train", text_file, "--out", tmp_path / run, "--max-steps", "1", *tiny_args(), *extra, env=env)
         assert result.returncode == 0, result.stderr
         outputs.append("tokens from the cache" in result.stderr)
     assert outputs == [False, True, False]

@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 
@@ -5,23 +6,20 @@ import pytest
 import torch
 
 import rnnlab
-from conftest import DATA, shakespeare
+from conftest import DATA, QUIET, metrics, shakespeare, train_losses
+from conftest import TINY as TINY_MODEL
 from rnnlab import checkpoint
 from rnnlab.corpus import Corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.train import TrainConfig, TrainingDiverged
 
-TINY = dict(hidden=32, embed_dim=16, layers=1, batch_size=8, bptt=32, progress=False, log=lambda m: None)
+TINY = {**TINY_MODEL, **QUIET}
 
 
 def corpus(chars=30_000):
     text = shakespeare(chars)
     cut = int(len(text) * 0.9)
     return Corpus("shakespeare-slice", text[:cut], text[cut:])
-
-
-def metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_training_lowers_the_loss_and_writes_a_model_directory(tmp_path):
@@ -53,8 +51,10 @@ def test_loaded_model_is_the_best_checkpoint_and_evaluates_the_same(tmp_path):
 def test_time_budget_stops_cleanly_and_still_saves(tmp_path):
     rnnlab.train(corpus(), tmp_path / "m", time_budget=0.05, **TINY)  # 3 seconds
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert "time-budget" in config["stop_reason"]
-    assert config["train_seconds"] < 10 and "valid" in config["results"]
+    assert "time-budget" in config["stop_reason"] and "valid" in config["results"]
+    # stopped by the clock, not by the default 10 epochs (~1,000 steps); the upper bound is generous for a
+    # loaded machine: what matters is that it stopped at all, soon after the budget
+    assert 3.0 <= config["train_seconds"] < 60 and config["steps"] < 1000
 
 
 def test_early_stopping_after_patience_bad_validations(tmp_path):
@@ -65,7 +65,7 @@ def test_early_stopping_after_patience_bad_validations(tmp_path):
     assert config["stop_reason"].startswith("early stop") and config["steps"] < 400
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau", "step", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
 def test_learning_rate_schedules(tmp_path, schedule):
     rnnlab.train(corpus(), tmp_path / "m", epochs=6, schedule=schedule, lr=1e-2, lr_decay=0.5, decay_start=2,
                  eval_every=None, log_every=1, **{**TINY, "batch_size": 32, "bptt": 100})
@@ -74,10 +74,24 @@ def test_learning_rate_schedules(tmp_path, schedule):
         assert set(lrs) == {1e-2}
     elif schedule == "cosine":
         assert lrs[0] == pytest.approx(1e-2) and lrs[-1] < 0.15e-2 and lrs == sorted(lrs, reverse=True)
-    elif schedule == "step":
-        assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-2 * 0.5 ** 4)  # epochs 3..6 decayed
     else:
-        assert lrs == sorted(lrs, reverse=True)
+        assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-2 * 0.5 ** 4)  # epochs 3..6 decayed
+
+
+def test_plateau_schedule_decays_after_each_validation_that_does_not_improve(tmp_path, monkeypatch):
+    # the validation losses are scripted, so the test knows which validations improve on the best so far
+    training = importlib.import_module("rnnlab.train")  # the module: `rnnlab.train` is also the function
+    scripted = iter([3.0, 2.5, 2.6, 2.4, 2.45, 2.45])   # validations after steps 1..6; the 3rd, 5th, 6th are worse
+    monkeypatch.setattr(training, "stream_sums", lambda *args, **kwargs: (next(scripted) * 100, 100))
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=6, eval_every=1, schedule="plateau", lr=1e-2, lr_decay=0.5,
+                 log_every=1, **TINY)
+    records = metrics(tmp_path / "m")
+    valid = [r for r in records if "valid_loss" in r]
+    assert [r["valid_loss"] for r in valid] == pytest.approx([3.0, 2.5, 2.6, 2.4, 2.45, 2.45])
+    # the lr after each validation: halved after each one that did not improve, kept after the others
+    assert [r["lr"] for r in valid] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3, 1.25e-3])
+    # and the steps train at the decayed rates
+    assert [r["lr"] for r in records if "train_loss" in r] == pytest.approx([1e-2, 1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3])
 
 
 def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
@@ -86,8 +100,7 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
     rnnlab.train(corpus(), tmp_path / "full", max_steps=30, **options)
     rnnlab.train(corpus(), tmp_path / "part", max_steps=14, **options)
     rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=30, progress=False, log=lambda m: None)
-    full = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "full") if "train_loss" in r}
-    part = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "part") if "train_loss" in r}
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
     assert sorted(part) == list(range(1, 31))
     for step in range(1, 31):
         assert part[step] == pytest.approx(full[step], abs=1e-6), step

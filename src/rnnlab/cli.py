@@ -287,9 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rnnlab.train import train
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "corpus", "quiet")}
-    lm = train(args.corpus or None, progress=not args.quiet,
-               command="rnnlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **options)
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "corpus", "quiet")}
+    lm = train(args.corpus or None, progress=not args.quiet, command=args.command_line, **options)
     print(f"model saved in {lm.path}")
     print(f"try: rnnlab generate {shlex.quote(str(lm.path))} --length 300")
     return 0
@@ -561,9 +560,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
-    warnings.simplefilter("always", RnnlabWarning)
+    args.command_line = "rnnlab " + " ".join(shlex.quote(a) for a in argv)
+    # warnings print as one line while a command runs; the caller's settings come back afterwards
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", RnnlabWarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except RnnlabError as e:

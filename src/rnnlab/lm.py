@@ -25,6 +25,27 @@ from rnnlab.generate import check_sampling, sample_ids
 from rnnlab.model import RNNLM, ModelConfig
 from rnnlab.tokenize import EOS, UNK, tokenizer_from_dict
 
+
+def pick_device(name: str) -> torch.device:
+    """--device NAME as a torch.device: auto picks CUDA, then MPS, then the CPU; a device this
+    machine does not have is a one-line error, not torch's exception at the first tensor."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RnnlabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RnnlabError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise RnnlabError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    if name.startswith("cuda:") and not (name[5:].isdigit() and int(name[5:]) < torch.cuda.device_count()):
+        raise RnnlabError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(name)
+
+
 MAX_PROMPT_TOKENS = 10_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
 
 
@@ -144,6 +165,7 @@ class LanguageModel(TextModel):
 def load(path: str | Path, device: str | torch.device = "cpu") -> TextModel:
     """Load a model directory (on the CPU unless told otherwise), whatever device trained it."""
     path = Path(path)
+    device = pick_device(device) if isinstance(device, str) else device  # before reading anything
     config = checkpoint.read_config(path)
     if config.get("model_type", "rnn") != "rnn":
         from rnnlab.baselines import load_baseline

@@ -8,6 +8,7 @@ ATen on CPUs) do the work. A vanilla RNN layer computes `h_t = tanh(W x_t + U h_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -161,7 +162,12 @@ class RNNLM(nn.Module):
         x = self.encoder(idx)                       # (B, T, E)
         if self.config.input != "onehot":
             x = self.drop(x)
-        out, hidden = self.rnn(x, hidden)           # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
+        if isinstance(self.rnn, nn.LSTM) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+                and not cpu_lstm_runs_in_bf16():
+            with torch.autocast("cpu", enabled=False):    # no bf16 LSTM kernel on this CPU: this layer in fp32
+                out, hidden = self.rnn(x.float(), hidden)
+        else:
+            out, hidden = self.rnn(x, hidden)       # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
         out = self.drop(out)
         if self.decoder is None:
             flat = out.reshape(-1, out.size(-1)).float()                       # (B*T, H)
@@ -178,6 +184,20 @@ class RNNLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)  # shared (tied) tensors count once
+
+
+@functools.cache
+def cpu_lstm_runs_in_bf16() -> bool:
+    """Whether nn.LSTM runs under bf16 autocast on this CPU. oneDNN's bf16 LSTM needs AVX512-BF16 or AMX;
+    elsewhere (an AVX2-only CPU, or ONEDNN_MAX_CPU_ISA=AVX2) it raises "could not create a primitive
+    descriptor", so the model runs its LSTM layers in fp32 there and the rest in bf16."""
+    lstm = nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 def detach(hidden):

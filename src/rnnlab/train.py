@@ -32,8 +32,8 @@ from rnnlab.errors import RnnlabError
 from rnnlab.distributed import SINGLE, World
 from rnnlab.evaluate import stream_loss, stream_sums, summarize
 from rnnlab.gradients import per_layer_grad_norms
-from rnnlab.lm import LanguageModel
-from rnnlab.model import RNNLM, ModelConfig, detach
+from rnnlab.lm import LanguageModel, pick_device
+from rnnlab.model import RNNLM, ModelConfig, cpu_lstm_runs_in_bf16, detach
 from rnnlab.tokenize import build_tokenizer, tokenizer_from_dict
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -111,22 +111,6 @@ class TrainConfig:
             raise RnnlabError(f"--time-budget must be > 0 minutes, got {self.time_budget}")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
             self.epochs = 10
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RnnlabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RnnlabError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise RnnlabError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)
 
 
 class TrainingInterrupted(RnnlabError):
@@ -677,6 +661,10 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         log(f"model: {model_config.layers}x{model_config.hidden} {model_config.cell} | input {model_config.input} | "
             f"{net.num_parameters():,} parameters | device {device}")
         log("config: " + " ".join(f"{k}={v}" for k, v in asdict(train_config).items() if v is not None))
+        if train_config.precision == "bf16" and device.type == "cpu" and model_config.cell == "lstm" \
+                and model_config.impl == "torch" and not cpu_lstm_runs_in_bf16():
+            log("note: this CPU has no bf16 LSTM kernel (oneDNN needs AVX512-BF16 or AMX): the LSTM layers run "
+                "in fp32, the embedding and softmax in bf16")
         log(f"writing to {out}")
     try:
         trainer.run()

@@ -1,0 +1,79 @@
+"""`rnnlab.evaluate`: loss, perplexity and bits per token of a model on held-out text, read as one stream."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnnlab
+from rnnlab.corpus import Corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.evaluate import stream_loss, stream_sums, summarize
+
+
+def by_hand(lm, text: str) -> float:
+    """The mean next-token cross-entropy over the whole text, one token at a time, carrying the state."""
+    ids = torch.as_tensor(lm.tokenizer.encode(text))
+    with torch.no_grad():
+        logits, _, _ = lm.net(ids[None, :-1])                                # (1, N - 1, V): one pass
+    return F.cross_entropy(logits[0].double(), ids[1:]).item()
+
+
+def test_evaluate_text_is_the_mean_next_token_cross_entropy(tiny_model):
+    lm = rnnlab.load(tiny_model)
+    text = "ROMEO:\nWhat light through yonder window breaks?\n" * 3
+    result = rnnlab.evaluate(lm, text=text)
+    assert result["tokens"] == len(text) - 1                                 # every character after the first
+    assert result["loss"] == pytest.approx(by_hand(lm, text), rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
+    assert result["bits_per_token"] == pytest.approx(result["loss"] / math.log(2), rel=1e-12)
+
+
+def test_a_model_directory_is_evaluated_on_its_own_recorded_corpus_split(tiny_model):
+    lm = rnnlab.load(tiny_model)
+    corpus = rnnlab.load_corpus(lm.config["corpus"]["sources"])
+    valid = rnnlab.evaluate(tiny_model)                                      # a path: loaded, split=valid
+    assert valid == pytest.approx(lm.evaluate(corpus.valid))
+    assert valid["loss"] == pytest.approx(lm.config["results"]["valid"]["loss"], rel=1e-6)
+    train = rnnlab.evaluate(tiny_model, split="train")
+    assert train["tokens"] == len(corpus.train) - 1 and train["tokens"] > 8 * valid["tokens"]
+    with pytest.raises(RnnlabError, match="has no test split; pass --test FILE"):
+        rnnlab.evaluate(tiny_model, split="test")
+    with pytest.raises(RnnlabError, match="unknown split 'dev'"):
+        rnnlab.evaluate(tiny_model, split="dev")
+
+
+def test_a_given_corpus_is_split_and_scored_like_the_training_corpus(tiny_model, tmp_path):
+    lm = rnnlab.load(tiny_model)
+    (tmp_path / "a.txt").write_text("JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n" * 20)
+    corpus = Corpus("given", "unused\n", "KING:\nSpeak, man.\n", "QUEEN:\nSpeak, then.\n")
+    assert rnnlab.evaluate(lm, corpus, split="test") == pytest.approx(lm.evaluate("QUEEN:\nSpeak, then.\n"))
+    from_file = rnnlab.evaluate(lm, [str(tmp_path / "a.txt")], valid_fraction=0.5, progress=False)
+    assert from_file["tokens"] == pytest.approx(len((tmp_path / "a.txt").read_text()) / 2, rel=0.1)
+
+
+def test_a_model_that_does_not_record_its_corpus_needs_one(tiny_model):
+    lm = rnnlab.load(tiny_model)
+    lm.config = {k: v for k, v in lm.config.items() if k != "corpus"}
+    with pytest.raises(RnnlabError, match="does not record its corpus"):
+        rnnlab.evaluate(lm)
+
+
+def test_parallel_streams_score_every_token_except_each_streams_first():
+    torch.manual_seed(0)
+    net = rnnlab.RNNLM(rnnlab.ModelConfig(vocab_size=7, hidden=8, embed_dim=4))
+    ids = torch.randint(7, (1000,))
+    one_total, one_count = stream_sums(net, ids, batch_size=1, chunk=64)
+    four_total, four_count = stream_sums(net, ids, batch_size=4, chunk=64)
+    assert one_count == 999 and four_count == 4 * (250 - 1)
+    assert stream_loss(net, ids, batch_size=1, chunk=64) == pytest.approx((one_total / one_count, one_count))
+    # the state carried across chunks: the chunk size does not change the result
+    assert stream_sums(net, ids, batch_size=1, chunk=1000)[0] == pytest.approx(one_total, rel=1e-6)
+    with pytest.raises(RnnlabError, match="too few for 600 streams"):
+        stream_sums(net, ids, batch_size=600)
+
+
+def test_summary_of_a_huge_loss_does_not_overflow():
+    assert summarize(1000.0, 5)["perplexity"] == math.exp(700)
+    assert summarize(0.0, 5) == {"loss": 0.0, "perplexity": 1.0, "bits_per_token": 0.0, "tokens": 5}
