@@ -11,16 +11,21 @@ from rnnlab.corpus import Corpus
 from rnnlab.errors import RnnlabError
 
 
-def ptb_slice(tmp_path, lines=3000):
+def ptb_slice(tmp_path, lines=3000, valid_lines=500):
     train = "".join((DATA / "ptb" / "ptb.train.txt").read_text().splitlines(keepends=True)[:lines])
-    valid = "".join((DATA / "ptb" / "ptb.valid.txt").read_text().splitlines(keepends=True)[:500])
+    valid = "".join((DATA / "ptb" / "ptb.valid.txt").read_text().splitlines(keepends=True)[:valid_lines])
     (tmp_path / "train.txt").write_text(train)
     (tmp_path / "valid.txt").write_text(valid)
     return tmp_path / "train.txt", tmp_path / "valid.txt"
 
 
-@pytest.mark.parametrize("model, extra", [("ngram", ("--order", "3")), ("hmm", ("--states", "8", "--em-iterations", "3"))])
-def test_baseline_trains_evaluates_and_generates_through_the_cli(tmp_path, model, extra):
+# the perplexity each must beat. Margins: over 3 slices of PTB the trigram scored 224-232 and the 8-state HMM
+# (3 EM iterations) 411-430; a unigram model scores 413-430 and a uniform one ~5,960. The HMM's bound only
+# catches a broken model (its learning is tested in test_hmm.py).
+@pytest.mark.numeric
+@pytest.mark.parametrize("model, extra, bound", [("ngram", ("--order", "3"), 330),
+                                                 ("hmm", ("--states", "8", "--em-iterations", "3"), 600)])
+def test_baseline_trains_evaluates_and_generates_through_the_cli(tmp_path, model, extra, bound):
     train, valid = ptb_slice(tmp_path)
     out = tmp_path / model
     result = cli("train", train, "--valid", valid, "--pretokenized", "--model", model, *extra, "--out", out)
@@ -30,7 +35,7 @@ def test_baseline_trains_evaluates_and_generates_through_the_cli(tmp_path, model
     evaluated = json.loads(cli("evaluate", out, "--json").stdout)
     assert set(evaluated) == {"loss", "perplexity", "bits_per_token", "tokens"}
     assert evaluated["perplexity"] == pytest.approx(config["results"]["valid"]["perplexity"], rel=1e-6)
-    assert evaluated["perplexity"] < 1000  # well below the 3k+ vocabulary: it learned something
+    assert evaluated["perplexity"] < bound
     first = cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
     again = cli("generate", out, "--prompt", "the company", "--length", "15", "--seed", "4")
     assert first.returncode == 0 and first.stdout == again.stdout and first.stdout.startswith("the company")
@@ -60,10 +65,10 @@ def test_compare_parses_models_and_sizes():
 
 
 def test_compare_writes_table_csv_and_plot(tmp_path):
-    train, valid = ptb_slice(tmp_path, lines=1500)
+    train, valid = ptb_slice(tmp_path, lines=1500, valid_lines=100)
     out = tmp_path / "cmp"
     result = cli("compare", train, "--valid", valid, "--pretokenized", "--models", "ngram:2,hmm:4,gru",
-                     "--train-tokens", "5k,20k", "--time-budget", "0.1", "--out", out)
+                     "--train-tokens", "5k,20k", "--time-budget", "0.02", "--out", out)
     assert result.returncode == 0, result.stderr
     lines = (out / "compare.csv").read_text().splitlines()
     assert lines[0] == "model,train_tokens,valid_perplexity,train_seconds,parameters"

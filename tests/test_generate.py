@@ -51,6 +51,7 @@ def test_top_k_and_top_p_only_ever_sample_inside_their_sets():
     assert (low == 0).float().mean() > 0.95     # a cold temperature sharpens towards the mode
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 @pytest.mark.parametrize("top_k", [None, 3])  # the Gumbel-max path, and the softmax + multinomial path
 def test_sampling_frequencies_follow_the_model_distribution(temperature, top_k):

@@ -91,6 +91,7 @@ def linear_regime_rnn(radius: float) -> RNNLM:
     return net.eval()
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("radius", [0.5, 1.5])
 def test_norms_grow_back_in_time_above_radius_one_and_decay_below(radius):
     generator = torch.Generator().manual_seed(0)
@@ -115,10 +116,14 @@ def test_spectral_radius_is_set_for_every_gate_block_of_every_layer():
         set_spectral_radius(net.rnn, 0.0)
 
 
+@pytest.mark.numeric
 def test_default_tanh_rnn_gradients_vanish_on_text(text_file):
     result = measure(["rnn"], corpus=str(text_file), hidden=32, seq_len=40, batches=2, batch_size=4)
     norms = result["rnn"]
-    assert norms[39] < 1e-6 * norms[0]
+    # margin: over 42 runs (seeds x threads x CPU kernels) norms[39] / norms[0] was 1e-10 .. 1e-7; 1e-4 leaves three
+    # decades. A recurrence that passed no gradient back at all would give exactly 0, hence the lower bound.
+    # (At torch's init the LSTM and GRU vanish about as fast over 40 steps: their forget/update gates sit near 0.5.)
+    assert 0 < norms[39] < 1e-4 * norms[0]
 
 
 def test_gradients_json_maps_each_cell_to_one_norm_per_step_from_T_back(text_file, tmp_path):
@@ -151,14 +156,20 @@ def test_a_trained_model_directory_is_measured_under_its_own_cell(text_file, tmp
         measure(model_dir=tmp_path / "m", corpus=str(text_file), recurrent_init_scale=2.0)
 
 
+@pytest.mark.numeric
 def test_without_clipping_training_diverges_and_with_clipping_it_learns(text_file):
-    curves = clip_experiment([None, 1.0], corpus=str(text_file), steps=100)
-    unclipped, clipped = curves["no clipping"], curves["clip 1"]
-    assert unclipped[0] == pytest.approx(clipped[0])               # same start, same batches
+    # the same start and the same batches; the unclipped run diverges within 4-8 steps (25 runs: seeds x threads
+    # x CPU kernels), so 20 steps of it are enough
+    unclipped = clip_experiment([None], corpus=str(text_file), steps=20)["no clipping"]
+    clipped = clip_experiment([1.0], corpus=str(text_file), steps=100)["clip 1"]
+    assert unclipped[0] == pytest.approx(clipped[0])
     assert first_divergence(unclipped) is not None                  # above 2x the first loss, or nan/inf
-    assert first_divergence(clipped) is None
+    assert first_divergence(clipped) is None                        # its worst loss was 1.00-1.58x the first
     assert len(clipped) == 100 and all(math.isfinite(v) for v in clipped)
-    assert sum(clipped[-10:]) / 10 < clipped[0] - 1.0               # and it learns: ~4.2 -> below 3.2 nats
+    # and it learns. This run is chaotic (0.1 nats apart between CPUs at a fixed seed): the drop of the last 10
+    # steps' mean below the first loss was 0.82-1.10 nats over 25 runs; 0.5 leaves 0.3. A learning rate of ~0
+    # gives 0.004.
+    assert sum(clipped[-10:]) / 10 < clipped[0] - 0.5
 
 
 def test_first_divergence_is_the_first_non_finite_or_doubled_loss():

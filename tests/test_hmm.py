@@ -76,6 +76,7 @@ def test_em_iterations_match_hmmlearn_baum_welch():
     np.testing.assert_allclose(pi, reference.startprob_, atol=1e-10)
 
 
+@pytest.mark.numeric
 def test_em_never_lowers_the_training_log_likelihood():
     hmm = HMM(states=4, vocab_size=5, seed=0)                # more states than the data's source
     ids = known_hmm().sample(3000, torch.Generator().manual_seed(1))
@@ -85,6 +86,7 @@ def test_em_never_lowers_the_training_log_likelihood():
     assert history[-1] > history[0]
 
 
+@pytest.mark.numeric
 def test_smoothed_em_never_lowers_log_likelihood_plus_log_prior():
     """With a pseudocount a, EM is MAP-EM: its guarantee is for log p(x) + a * sum(log parameters)."""
     hmm, a = HMM(states=4, vocab_size=5, seed=0), 0.5
@@ -100,6 +102,7 @@ def test_smoothed_em_never_lowers_log_likelihood_plus_log_prior():
     assert values[-1] > values[0]
 
 
+@pytest.mark.numeric
 def test_training_on_samples_of_a_known_hmm_reaches_its_held_out_likelihood():
     true = known_hmm()
     g = torch.Generator().manual_seed(0)
@@ -112,7 +115,14 @@ def test_training_on_samples_of_a_known_hmm_reaches_its_held_out_likelihood():
     best = max(fits, key=lambda fit: fit[0])[1]
     true_loss, _ = true.stream_loss(held_out)
     learned_loss, _ = best.stream_loss(held_out)
-    assert learned_loss == pytest.approx(true_loss, rel=0.02)
+    # what a model without hidden state gets: the training data's unigram frequencies
+    unigram = np.bincount(train, minlength=5) / len(train)
+    unigram_loss = -np.log(unigram[held_out[1:]]).mean()
+    # the share of the gap between the unigram model and the true HMM that EM closed. Margin: over 5 data seeds
+    # (x threads x CPU kernels) it closed 0.71-1.0 of it (the test's seed: 0.996); a model that learned no
+    # hidden structure closes ~0
+    closed = (unigram_loss - learned_loss) / (unigram_loss - true_loss)
+    assert closed > 0.5, (learned_loss, true_loss, unigram_loss)
 
 
 @pytest.mark.parametrize("ids", [[2], [0, 1], [3, 3, 0, 2, 1], [1, 0, 0, 3, 2, 2, 1]])
@@ -152,6 +162,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     assert first.dtype == np.int64 and first.min() >= 0 and first.max() < 5
 
 
+@pytest.mark.numeric
 def test_samples_have_the_models_symbol_frequencies():
     """The empirical unigram distribution of a long sample approaches the model's stationary one."""
     hmm = known_hmm()

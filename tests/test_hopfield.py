@@ -40,9 +40,11 @@ def test_text_snippet_is_recalled_exactly_from_a_copy_with_ten_percent_of_bits_f
         assert decode_text(recall(W, noisy, rng)).rstrip() == snippet
 
 
+@pytest.mark.numeric
 def test_recall_rate_is_high_at_five_percent_of_n_and_low_at_thirty_percent():
-    (_, low_load), (_, high_load) = capacity_experiment(200, [10, 60], trials=4, noise=0.1,
+    (_, low_load), (_, high_load) = capacity_experiment(100, [5, 30], trials=4, noise=0.1,
                                                         rng=np.random.default_rng(5))
+    # margin: over 20 seeds the recall rate was always 1.0 at 0.05 N and at most 0.033 at 0.3 N
     assert low_load > 0.9
     assert high_load < 0.3
 

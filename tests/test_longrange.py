@@ -55,8 +55,11 @@ def test_copy_baseline_is_what_a_memoryless_model_scores(T):
     assert not CopyTask.solved(CopyTask.baseline(T), T) and CopyTask.solved(0.49 * CopyTask.baseline(T), T)
 
 
+@pytest.mark.numeric
 def test_a_tiny_lstm_solves_the_adding_problem_at_length_10():
-    row = train_one(AddingTask, "lstm", 10, steps=3000, batch_size=64, hidden=16, lr=1e-2, seed=0)
+    # margin: at lr 0.03 over 35 runs (seeds x threads x CPU kernels) it solved the task after 300-800 steps (the
+    # cap is 1000) with test accuracy 0.978-0.992 (0.9 needed); the memoryless baseline is 0.078
+    row = train_one(AddingTask, "lstm", 10, steps=1000, batch_size=64, hidden=16, lr=3e-2, seed=0)
     assert row["solved"] and row["value"] >= 0.9
 
 

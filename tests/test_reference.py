@@ -70,11 +70,14 @@ def test_untrained_loss_is_the_per_step_mean_near_log_vocab():
     assert abs(short - math.log(V)) < 0.01 and abs(long - math.log(V)) < 0.01   # a sum would grow with length
 
 
+@pytest.mark.numeric
 def test_training_on_repetitive_text_drives_the_loss_down_and_learns_the_text():
     seen = []
     model, chars, losses = train_text("hello world " * 50, hidden=32, steps=300, seed=0,
                                       progress=lambda step, loss: seen.append(step))
     assert seen == list(range(300)) and len(losses) == 300
+    # margin: the mean of the last 20 losses was 0.0025-0.0065 over 41 runs (seeds x threads x CPU kernels); the
+    # sample below matched in all of them
     assert abs(losses[0] - math.log(len(chars))) < 0.05                # starts at chance
     assert np.mean(losses[-20:]) < 0.1                                  # ends near certain
     sampled = model.sample(chars.index("h"), 15, np.random.default_rng(0), temperature=0.2)

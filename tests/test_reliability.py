@@ -18,11 +18,11 @@ from conftest import REPO, cli, metrics, shakespeare, tiny_args, train_losses
 from rnnlab.corpus import decode
 from rnnlab.errors import RnnlabError
 
-# 120 steps, a save every 2: kills at random moments land inside saves often enough (each save's files
-# are written, fsynced and renamed), and the run stays short
-STEPS = 120
+# a save at every step, so a kill at a random moment often lands inside one (each save's files are written,
+# fsynced and renamed); 90 steps and two kills keep the test to three process starts
+STEPS = 90
 ARGS = (*tiny_args(layers=2), "--max-steps", str(STEPS), "--schedule", "constant", "--log-every", "1",
-        "--save-every", "2", "--eval-every", "25", "--dropout", "0.1")
+        "--save-every", "1", "--eval-every", "25", "--dropout", "0.1")
 
 
 def start(*args) -> subprocess.Popen:
@@ -63,11 +63,11 @@ def test_sigkill_at_random_moments_then_resume_continues_the_same_curve(corpus_f
     out = tmp_path / "m"
     rng = random.Random(0)
     proc = start("train", corpus_file, "--out", out, *ARGS)
-    for target in sorted(rng.sample(range(10, STEPS - 10), 4)):
+    for target in sorted(rng.sample(range(10, STEPS - 10), 2)):
         while last_logged_step(out) < target:  # kill mid-run, at a random step and moment
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.02))  # a save every other step: some kills land inside one
+        time.sleep(rng.uniform(0.0, 0.02))  # a save every step: some kills land inside one
         assert proc.poll() is None
         proc.kill()
         proc.wait()
@@ -87,7 +87,9 @@ def test_interrupt_saves_says_how_to_resume_and_exits_non_zero(corpus_file, tmp_
     out = tmp_path / "m"
     proc = start("train", corpus_file, "--out", out, *tiny_args(), "--max-steps", "100000")
     wait_for(out / "last" / "training_state.pt")
-    time.sleep(1.0)
+    while last_logged_step(out) < 1:  # training has started: the signal lands mid-run
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.02)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130

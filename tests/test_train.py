@@ -22,13 +22,16 @@ def corpus(chars=30_000):
     return Corpus("shakespeare-slice", text[:cut], text[cut:])
 
 
+@pytest.mark.numeric
 def test_training_lowers_the_loss_and_writes_a_model_directory(tmp_path):
-    lm = rnnlab.train(corpus(), tmp_path / "m", max_steps=150, lr=1e-2, eval_every=50, log_every=10, **TINY)
+    lm = rnnlab.train(corpus(), tmp_path / "m", max_steps=80, lr=1e-2, eval_every=40, log_every=10, **TINY)
     records = metrics(tmp_path / "m")
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     valid_losses = [r["valid_loss"] for r in records if "valid_loss" in r]
-    assert train_losses[-1] < train_losses[0] - 1.0          # from ~ln(V) = 4 nats to well below 3
-    assert valid_losses[-1] < math.log(lm.tokenizer.vocab_size) - 1.0
+    # margin: at 80 steps over 27 runs (seeds x threads x CPU kernels) both drops were >= 1.17 nats; an untrained
+    # model stays at ln V = 4.1 (drop ~0)
+    assert train_losses[-1] < train_losses[0] - 0.8
+    assert valid_losses[-1] < math.log(lm.tokenizer.vocab_size) - 0.8
     for name in ("config.json", "tokenizer.json", "model.safetensors", "training_state.pt", "README.md",
                  "last/model.safetensors", "last/training_state.pt"):
         assert (tmp_path / "m" / name).is_file(), name
@@ -57,12 +60,14 @@ def test_time_budget_stops_cleanly_and_still_saves(tmp_path):
     assert 3.0 <= config["train_seconds"] < 60 and config["steps"] < 1000
 
 
+@pytest.mark.numeric
 def test_early_stopping_after_patience_bad_validations(tmp_path):
     # a learning rate this large cannot improve after the first validation
-    rnnlab.train(corpus(), tmp_path / "m", max_steps=400, eval_every=5, patience=2, lr=5.0, optimizer="sgd",
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=250, eval_every=5, patience=2, lr=5.0, optimizer="sgd",
                  clip=None, skip_nonfinite=True, **TINY)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["stop_reason"].startswith("early stop") and config["steps"] < 400
+    # margin: it stopped at step 115-155 over 25 runs; without early stopping it would run all 250
+    assert config["stop_reason"].startswith("early stop") and config["steps"] < 250
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
@@ -117,12 +122,14 @@ def test_corpus_shorter_than_one_batch_says_the_minimum(tmp_path):
         rnnlab.train(Corpus("tiny", "abcdefghij", "abcdefghij"), tmp_path / "m", batch_size=8, progress=False)
 
 
+@pytest.mark.numeric
 def test_nan_loss_stops_with_step_and_lr_and_keeps_the_last_good_model(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step \d+ \(lr 100\).*--clip"):
+    # it blows up at step 3-4 on every CPU; some seeds overflow the gradient norm first (loss still finite)
+    with pytest.raises(TrainingDiverged, match=r"(loss|gradient norm) became \S+ .*at step \d+ \(lr 100\).*--clip"):
         # an unclipped ReLU RNN with a huge learning rate blows up within a few steps
         rnnlab.train(corpus(), tmp_path / "m", max_steps=200, lr=100, cell="rnn-relu", optimizer="sgd", clip=None,
                      **TINY)
-    assert rnnlab.load(tmp_path / "m").evaluate(corpus().valid)["loss"] < 10  # the step-0 model, intact
+    assert rnnlab.load(tmp_path / "m").evaluate(corpus().valid)["loss"] < 10  # the step-0 model (~4.1), intact
 
 
 def test_train_config_validates_options():
@@ -150,22 +157,26 @@ def test_preset_sets_a_recipe_and_explicit_options_override_it(tmp_path):
         rnnlab.train(corpus(), tmp_path / "n", preset="gpt-5", progress=False)
 
 
+@pytest.mark.numeric
 def test_bf16_training_lowers_the_loss_like_fp32(tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
         rnnlab.train(corpus(), tmp_path / precision, max_steps=80, lr=1e-2, log_every=10, precision=precision, **TINY)
         losses[precision] = [r["train_loss"] for r in metrics(tmp_path / precision) if "train_loss" in r]
+    # margin: the bf16 drop was 1.20-1.27 over 16 runs (0.8 leaves 0.4); |bf16 - fp32| at most 0.003 (0.002 with a
+    # bf16 LSTM emulated by --impl explicit), against ~1.2 if bf16 broke training
     assert losses["bf16"][-1] < losses["bf16"][0] - 0.8
-    assert abs(losses["bf16"][-1] - losses["fp32"][-1]) < 0.15
+    assert abs(losses["bf16"][-1] - losses["fp32"][-1]) < 0.05
 
 
+@pytest.mark.numeric
 def test_adaptive_softmax_trains_a_word_model(tmp_path):
     text = (DATA / "ptb" / "ptb.train.txt").read_text()[:300_000]
     lm = rnnlab.train(Corpus("ptb-slice", text[:270_000], text[270_000:], pretokenized=True), tmp_path / "a",
-                      level="word", softmax="adaptive", cutoffs=(500, 2000), max_steps=60, lr=1e-2, log_every=10,
+                      level="word", softmax="adaptive", cutoffs=(500, 2000), max_steps=30, lr=1e-2, log_every=10,
                       **TINY)
     records = [r["train_loss"] for r in metrics(tmp_path / "a") if "train_loss" in r]
-    assert records[-1] < records[0] - 1.0
+    assert records[-1] < records[0] - 1.0   # margin: the drop at step 30 was >= 2.19 over 26 runs
     again = rnnlab.load(tmp_path / "a")
     assert again.evaluate(text[270_000:])["loss"] == pytest.approx(lm.config["results"]["valid"]["loss"], rel=1e-5)
     assert again.generate("the company", length=10, seed=0).startswith("the company")

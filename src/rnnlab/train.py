@@ -310,8 +310,10 @@ class Trainer:
         loss_value, grad_value = loss.item(), grad_norm.item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             if not self.cfg.skip_nonfinite:
+                what = (f"loss became {loss_value:.4g}" if not math.isfinite(loss_value) else
+                        f"gradient norm became {grad_value:.4g} (loss {loss_value:.4g})")
                 raise TrainingDiverged(
-                    f"the loss became {'nan' if math.isnan(loss_value) else loss_value} at step {self.step + 1} "
+                    f"the {what} at step {self.step + 1} "
                     f"(lr {lr:.3g}); the last good checkpoint is in {self.out}; try --clip 1.0 or a lower --lr "
                     f"(or --skip-nonfinite to skip such steps)")
             self.optimizer.zero_grad(set_to_none=True)
@@ -607,6 +609,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
                               order=order, em_iterations=em_iterations, time_budget=train_config.time_budget,
                               seed=train_config.seed, log=log)
 
+    pick_device(train_config.device)  # a device this machine lacks is refused before anything is written
     world = distributed.init(train_config.device)
     if world.active:
         log = log if world.is_main else (lambda msg: None)
