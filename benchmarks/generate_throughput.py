@@ -21,10 +21,11 @@ import time
 
 import torch
 
-from rnnlab.generate import sample_ids
-from rnnlab.lm import LanguageModel
-from rnnlab.model import RNNLM, ModelConfig
-from rnnlab.tokenize import CharTokenizer
+from rnnlab.inference.sampling import sample_ids
+from rnnlab.inference.lm import LanguageModel
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
+from rnnlab.data.tokenizers import CharTokenizer
 
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

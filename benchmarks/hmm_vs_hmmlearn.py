@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnlab.hmm import HMM
-from rnnlab.tokenize import WordTokenizer
+from rnnlab.baselines.hmm import HMM
+from rnnlab.data.tokenizers import WordTokenizer
 
 PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb" / "ptb.train.txt"
 

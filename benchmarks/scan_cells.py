@@ -9,7 +9,7 @@ pass and the backward of the mean output. Models:
 - minGRU, naive log-space: the paper's scan as usually written in eager PyTorch (its appendix;
   lucidrains/minGRU-pytorch): one Linear for both gates, log-space gates, cumsum +
   logcumsumexp, autograd for the backward. The baseline the speed issue describes.
-- MinGRU, MinLSTM: rnnlab.minrnn (block-wise layer with a hand-written backward).
+- MinGRU, MinLSTM: rnnlab.models.minrnn (block-wise layer with a hand-written backward).
 Rounds are interleaved (every model once per round) so that load from other processes hits all
 of them alike; the table gives the median and the best round, ratios use the medians. On a
 machine busy with other jobs prefer --threads 1: a multi-threaded op waits for its slowest
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rnnlab.minrnn import MinGRU, MinLSTM
+from rnnlab.models.minrnn import MinGRU, MinLSTM
 
 BATCH, WIDTH, LAYERS = 32, 256, 2
 

@@ -23,7 +23,7 @@ import time
 
 import httpx
 
-SERVER = ("import sys; from rnnlab.serve import main_serve; "
+SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning'))")
 
 

@@ -23,15 +23,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.corpus import Corpus
-from rnnlab.train import PRESETS
+from rnnlab.data.corpus import Corpus
+from rnnlab.training.presets import PRESETS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 
 def recipe(preset: str, overrides: list[str]) -> dict:
-    """The preset's settings (rnnlab.train.PRESETS) with KEY=VALUE overrides, values parsed as Python literals."""
+    """The preset's settings (rnnlab.training.presets.PRESETS) with KEY=VALUE overrides, values parsed as Python literals."""
     options = {k: v for k, v in PRESETS[preset].items() if k != "level"}
     for item in overrides:
         key, _, value = item.partition("=")

@@ -31,9 +31,9 @@ def peak_mb() -> float:
 
 
 def child(path: str, level: str) -> dict:
-    from rnnlab import tokencache
-    from rnnlab.corpus import load_corpus
-    from rnnlab.tokenize import build_tokenizer
+    from rnnlab.data import tokencache
+    from rnnlab.data.corpus import load_corpus
+    from rnnlab.data.tokenizers import build_tokenizer
     start = time.perf_counter()
     corpus = load_corpus(path, progress=False)
     read = time.perf_counter() - start

@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.corpus import Corpus
-from rnnlab.tokenize import build_tokenizer
+from rnnlab.data.corpus import Corpus
+from rnnlab.data.tokenizers import build_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}

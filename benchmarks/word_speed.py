@@ -31,9 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.corpus import Corpus
-from rnnlab.evaluate import stream_sums
-from rnnlab.tokenize import build_tokenizer
+from rnnlab.data.corpus import Corpus
+from rnnlab.inference.metrics import stream_sums
+from rnnlab.data.tokenizers import build_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = {"ptb": ("ptb/ptb.train.txt", "ptb/ptb.valid.txt"), "wikitext-2": ("wikitext-2/train.txt", "wikitext-2/valid.txt")}

@@ -6,8 +6,8 @@ import pytest
 
 import rnnlab
 from conftest import DATA, cli, shakespeare
-from rnnlab import compare
-from rnnlab.corpus import Corpus
+from rnnlab.studies import compare
+from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
 
 

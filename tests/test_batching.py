@@ -1,6 +1,6 @@
 import torch
 
-from rnnlab.batching import batchify, num_windows, windows
+from rnnlab.data.batching import batchify, num_windows, windows
 
 
 def test_batchify_lays_contiguous_streams_side_by_side():

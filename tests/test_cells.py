@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rnnlab.cells import ExplicitRNN, GRUCell, LSTMCell, RNNCell
+from rnnlab.models.cells import ExplicitRNN, GRUCell, LSTMCell, RNNCell
 from rnnlab.errors import RnnlabError
 
 CELLS = ["rnn", "rnn-relu", "lstm", "gru"]

@@ -5,11 +5,12 @@ import shutil
 import pytest
 import torch
 
-from rnnlab import checkpoint
+from rnnlab.models import checkpoint
 from rnnlab.errors import RnnlabError
-from rnnlab.lm import load
-from rnnlab.model import RNNLM, ModelConfig
-from rnnlab.tokenize import CharTokenizer
+from rnnlab.inference.loading import load
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
+from rnnlab.data.tokenizers import CharTokenizer
 
 
 def make_dir(path, tie=False):

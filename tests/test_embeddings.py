@@ -9,8 +9,8 @@ from gensim.models import KeyedVectors
 
 import rnnlab
 from conftest import DATA, cli, shakespeare
-from rnnlab.corpus import Corpus
-from rnnlab.embeddings import detect_format, load_vectors, nearest
+from rnnlab.data.corpus import Corpus
+from rnnlab.models.embeddings import detect_format, load_vectors, nearest
 from rnnlab.errors import RnnlabError
 
 QUIET = dict(progress=False, log=lambda m: None)
@@ -66,8 +66,8 @@ def test_dimension_that_contradicts_embed_dim_is_a_clear_error(tmp_path):
 
 
 def test_frozen_embeddings_stay_frozen_while_the_rest_learns(tmp_path):
-    from rnnlab.model import RNNLM
-    from rnnlab.train import seed_everything
+    from rnnlab.models.rnnlm import RNNLM
+    from rnnlab.training.trainer import seed_everything
     _, paths = write_vectors(tmp_path, ["the", "company", "said"], dim=32)
     rnnlab.train(ptb_corpus(), tmp_path / "m", embedding=str(paths["word2vec"]), freeze_embeddings=True,
                  lr=1e-2, **SMALL)

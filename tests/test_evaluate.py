@@ -1,4 +1,4 @@
-"""`rnnlab.evaluate`: loss, perplexity and bits per token of a model on held-out text, read as one stream."""
+"""`rnnlab.inference.metrics`: loss, perplexity and bits per token of a model on held-out text, read as one stream."""
 
 import math
 
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab.corpus import Corpus
+from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.evaluate import stream_loss, stream_sums, summarize
+from rnnlab.inference.metrics import stream_loss, stream_sums, summarize
 
 
 def by_hand(lm, text: str) -> float:

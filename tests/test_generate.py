@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.generate import next_token
-from rnnlab.lm import MAX_PROMPT_TOKENS, LanguageModel
-from rnnlab.model import RNNLM, ModelConfig
-from rnnlab.tokenize import CharTokenizer, WordTokenizer
+from rnnlab.inference.sampling import next_token
+from rnnlab.inference.lm import MAX_PROMPT_TOKENS, LanguageModel
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
+from rnnlab.data.tokenizers import CharTokenizer, WordTokenizer
 
 
 def char_lm(text="abcdefgh \n"):
@@ -103,7 +104,7 @@ def test_streamed_generation_equals_rerunning_the_whole_prefix():
     """Carrying the hidden state is exact: the logits match a fresh pass over the whole text."""
     lm = char_lm()
     ids = lm.encode_prompt("abc")
-    from rnnlab.generate import sample_ids
+    from rnnlab.inference.sampling import sample_ids
     new = [int(t) for t in sample_ids(lm.net, torch.tensor([ids]), 20, greedy=True)]
     seq = list(ids)
     for _ in range(20):
@@ -115,7 +116,7 @@ def test_streamed_generation_equals_rerunning_the_whole_prefix():
 @pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
 @pytest.mark.parametrize("input, table", [("learned", True), ("learned", False), ("onehot", False)])
 def test_fast_single_step_path_matches_the_module(cell, input, table, monkeypatch):
-    from rnnlab.generate import Stepper
+    from rnnlab.inference.sampling import Stepper
     if not table:  # a vocabulary too large for the first layer's lookup table
         monkeypatch.setattr(Stepper, "TABLE_LIMIT", 0)
     torch.manual_seed(0)
@@ -134,7 +135,7 @@ def test_fast_single_step_path_matches_the_module(cell, input, table, monkeypatc
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_batched_generation_steps_every_stream_like_the_module(cell):
-    from rnnlab.generate import sample_ids
+    from rnnlab.inference.sampling import sample_ids
     torch.manual_seed(0)
     net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=3)).eval()
     prompt = torch.randint(30, (4, 6))

@@ -8,12 +8,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rnnlab
-from rnnlab import gradients
-from rnnlab.corpus import Corpus
+from rnnlab.studies import gradients
+from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.gradients import (clip_experiment, first_divergence, hidden_grad_norms, measure, per_layer_grad_norms,
+from rnnlab.training.trainer import per_layer_grad_norms
+from rnnlab.studies.gradients import (clip_experiment, first_divergence, hidden_grad_norms, measure,
                               set_spectral_radius)
-from rnnlab.model import RNNLM, ModelConfig
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
 
 V, E, H, B, T = 7, 4, 5, 3, 6
 TORCH_CELLS = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
@@ -197,7 +199,7 @@ def test_per_layer_grad_norms_group_by_layer_and_square_sum_to_the_global_norm(c
 
 def test_norm_and_loss_plots_are_written_as_png_even_with_overflow_and_nan(tmp_path):
     pytest.importorskip("matplotlib")
-    from rnnlab import plots
+    from rnnlab.studies import plots
 
     plots.plot_gradient_norms({"rnn": [0.6, 3.0, math.inf, 0.0], "lstm": [0.6, 0.1, 0.01, 1e-3]}, tmp_path / "g.png")
     plots.plot_loss_curves({"no clipping": [4.0, 9.5, math.nan], "clip 1": [4.0, 3.5, 3.0]}, tmp_path / "c.png")

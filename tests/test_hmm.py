@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.hmm import HMM
+from rnnlab.baselines.hmm import HMM
 
 
 def known_hmm() -> HMM:

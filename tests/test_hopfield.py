@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rnnlab.errors import RnnlabError
-from rnnlab.hopfield import capacity_experiment, corrupt, decode_text, encode_text, energy, recall, store
+from rnnlab.studies.hopfield import capacity_experiment, corrupt, decode_text, encode_text, energy, recall, store
 
 
 def random_patterns(count: int, n_units: int, seed: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.longrange import COLUMNS, AddingTask, CopyTask, format_table, run, train_one, write_csv
+from rnnlab.studies.longrange import COLUMNS, AddingTask, CopyTask, format_table, run, train_one, write_csv
 
 
 def test_adding_batch_marks_one_value_in_each_half_and_targets_their_sum():
@@ -111,7 +111,7 @@ def test_unknown_task_or_cell_is_a_clear_error(task, cells, message):
 
 def test_results_plot_from_rows_or_from_the_csv(tmp_path):
     pytest.importorskip("matplotlib")
-    from rnnlab import plots
+    from rnnlab.studies import plots
 
     rows = [{"task": "adding", "cell": cell, "length": T, "metric": "accuracy", "value": value, "baseline": 0.0784,
              "solved": value >= 0.9} for cell, T, value in (("rnn", 10, 0.95), ("rnn", 50, 0.07), ("gru", 50, 0.98))]

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rnnlab import minrnn
-from rnnlab.minrnn import GATES, MinGRU, MinLSTM
+from rnnlab.models import minrnn
+from rnnlab.models.minrnn import GATES, MinGRU, MinLSTM
 
 I, H, B, T = 4, 5, 3, 11
 MODULES = {"mingru": MinGRU, "minlstm": MinLSTM}

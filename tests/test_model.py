@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.errors import RnnlabError
-from rnnlab.model import RNNLM, ModelConfig
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
 
 
 @pytest.mark.parametrize("cell", ["rnn", "rnn-relu", "lstm", "gru"])
@@ -128,8 +129,8 @@ def test_adaptive_softmax_runs_under_bf16_autocast():
 
 def test_lstm_runs_in_fp32_under_bf16_autocast_on_a_cpu_without_a_bf16_lstm_kernel(monkeypatch):
     # AVX2-only CPUs (and ONEDNN_MAX_CPU_ISA=AVX2) have no oneDNN bf16 LSTM: nn.LSTM raises under autocast
-    import rnnlab.model
-    monkeypatch.setattr(rnnlab.model, "cpu_lstm_runs_in_bf16", lambda: False)
+    import rnnlab.models.rnnlm
+    monkeypatch.setattr(rnnlab.models.rnnlm, "cpu_lstm_runs_in_bf16", lambda: False)
     torch.manual_seed(0)
     net = RNNLM(ModelConfig(vocab_size=50, cell="lstm", hidden=16, embed_dim=8, layers=2))
     idx, targets = torch.randint(50, (2, 7)), torch.randint(50, (2, 7))

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import DATA, shakespeare
 from rnnlab.errors import RnnlabError
-from rnnlab.ngram import FALLBACK_DISCOUNTS, KneserNey, modified_kn_discounts
-from rnnlab.tokenize import WordTokenizer
+from rnnlab.baselines.ngram import FALLBACK_DISCOUNTS, KneserNey, modified_kn_discounts
+from rnnlab.data.tokenizers import WordTokenizer
 
 A, B, C, D = 0, 1, 2, 3
 

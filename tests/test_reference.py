@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.errors import RnnlabError
-from rnnlab.reference import NumpyRNN, to_torch, train_text
+from rnnlab.studies.reference import NumpyRNN, to_torch, train_text
 
 V, H = 6, 5
 INPUTS = [0, 3, 1, 5, 2, 4, 3, 0, 1, 2]      # every token appears, so every column of W_xh gets a gradient

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import rnnlab
 from conftest import REPO, cli, metrics, shakespeare, tiny_args, train_losses
-from rnnlab.corpus import decode
+from rnnlab.data.corpus import decode
 from rnnlab.errors import RnnlabError
 
 # a save at every step, so a kill at a random moment often lands inside one (each save's files are written,

@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip ins
 
 import rnnlab  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
-from rnnlab.serve import Limits, bind, create_app, running  # noqa: E402
+from rnnlab.inference.serve import Limits, bind, create_app, running  # noqa: E402
 
 LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
 LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still going when a test is done with it
@@ -330,7 +330,7 @@ def test_limits_below_one_token_are_refused():
 
 
 def test_main_serve_prints_its_url_serves_and_stops_on_ctrl_c(lm):
-    script = "import sys; from rnnlab.serve import main_serve; sys.exit(main_serve(sys.argv[1], port=0))"
+    script = "import sys; from rnnlab.inference.serve import main_serve; sys.exit(main_serve(sys.argv[1], port=0))"
     server = subprocess.Popen([sys.executable, "-c", script, str(lm.path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:

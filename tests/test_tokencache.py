@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import shakespeare
-from rnnlab import tokencache
-from rnnlab.corpus import Corpus
-from rnnlab.tokenize import CharTokenizer, WordTokenizer, blocks, build_tokenizer
-from rnnlab.train import train
+from rnnlab.data import tokencache
+from rnnlab.data.corpus import Corpus
+from rnnlab.data.tokenizers import CharTokenizer, WordTokenizer, blocks, build_tokenizer
+from rnnlab.training.pipeline import train
 
 SETTINGS = dict(level="word", max_vocab=500, min_freq=1, lowercase=False, pretokenized=False)
 

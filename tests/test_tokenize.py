@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA
 from rnnlab.errors import RnnlabError
-from rnnlab.tokenize import EOS, UNK, CharTokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
+from rnnlab.data.tokenizers import EOS, UNK, CharTokenizer, WordTokenizer, build_tokenizer, tokenizer_from_dict
 
 
 def test_char_tokenizer_round_trips_and_maps_unseen_characters_to_unk():

@@ -1,17 +1,16 @@
-import importlib
 import json
 import math
 
 import pytest
-import torch
 
 import rnnlab
 from conftest import DATA, QUIET, metrics, shakespeare, train_losses
 from conftest import TINY as TINY_MODEL
-from rnnlab import checkpoint
-from rnnlab.corpus import Corpus
+from rnnlab.models import checkpoint
+from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.train import TrainConfig, TrainingDiverged
+from rnnlab.training.config import TrainConfig
+from rnnlab.training.trainer import TrainingDiverged
 
 TINY = {**TINY_MODEL, **QUIET}
 
@@ -85,7 +84,7 @@ def test_learning_rate_schedules(tmp_path, schedule):
 
 def test_plateau_schedule_decays_after_each_validation_that_does_not_improve(tmp_path, monkeypatch):
     # the validation losses are scripted, so the test knows which validations improve on the best so far
-    training = importlib.import_module("rnnlab.train")  # the module: `rnnlab.train` is also the function
+    from rnnlab.training import trainer as training
     scripted = iter([3.0, 2.5, 2.6, 2.4, 2.45, 2.45])   # validations after steps 1..6; the 3rd, 5th, 6th are worse
     monkeypatch.setattr(training, "stream_sums", lambda *args, **kwargs: (next(scripted) * 100, 100))
     rnnlab.train(corpus(), tmp_path / "m", max_steps=6, eval_every=1, schedule="plateau", lr=1e-2, lr_decay=0.5,
@@ -183,7 +182,7 @@ def test_adaptive_softmax_trains_a_word_model(tmp_path):
 
 
 def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():
-    from rnnlab.train import PRESETS
+    from rnnlab.training.presets import PRESETS
     recipe = PRESETS["cpu-5min"]
     assert recipe["precision"] == "bf16" and recipe["time_budget"] == 5.0 and recipe["hidden"] == 384
     TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})

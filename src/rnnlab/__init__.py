@@ -6,19 +6,34 @@
     lm = rnnlab.load("runs/demo")
     print(rnnlab.evaluate(lm, split="valid"))
 
-`rnnlab.train`, `rnnlab.evaluate` are functions; their modules are `rnnlab.train` and
-`rnnlab.evaluate` too (import names from them with `from rnnlab.train import TrainConfig`).
+The names below are the public API. They are imported on first use, so that `import rnnlab`
+(and `rnnlab --help`) does not pay for importing torch.
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from rnnlab.corpus import Corpus, load_corpus  # noqa: E402
-from rnnlab.errors import RnnlabError, RnnlabWarning  # noqa: E402
-from rnnlab.lm import LanguageModel, load  # noqa: E402
-from rnnlab.model import RNNLM, ModelConfig  # noqa: E402
-from rnnlab.train import TrainConfig  # noqa: E402
-from rnnlab.train import train as train  # noqa: E402  (shadows the module name on purpose)
-from rnnlab.evaluate import evaluate as evaluate  # noqa: E402
+from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.version import __version__
+
+_API = {
+    "Corpus": "rnnlab.data.corpus", "load_corpus": "rnnlab.data.corpus",
+    "ModelConfig": "rnnlab.models.config", "RNNLM": "rnnlab.models.rnnlm",
+    "LanguageModel": "rnnlab.inference.lm", "load": "rnnlab.inference.loading",
+    "evaluate": "rnnlab.inference.evaluate",
+    "TrainConfig": "rnnlab.training.config", "train": "rnnlab.training.pipeline",
+}
 
 __all__ = ["Corpus", "LanguageModel", "ModelConfig", "RNNLM", "RnnlabError", "RnnlabWarning", "TrainConfig",
            "evaluate", "load", "load_corpus", "train", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'rnnlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -35,13 +34,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rnnlab.cells import ExplicitRNN
-from rnnlab.checkpoint import write_text
-from rnnlab.corpus import load_corpus
+from rnnlab.models.cells import ExplicitRNN
+from rnnlab.files import write_text
+from rnnlab.models.registry import COMPARED
+from rnnlab.data.corpus import load_corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.lm import load
-from rnnlab.model import RNNLM, ModelConfig
-from rnnlab.tokenize import CharTokenizer
+from rnnlab.inference.loading import load
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
+from rnnlab.data.tokenizers import CharTokenizer
 
 Tensor = torch.Tensor
 
@@ -117,7 +118,7 @@ def token_windows(ids: np.ndarray, count: int, length: int, *, seed: int) -> Ten
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
 
 
-def measure(cells=("rnn", "lstm", "gru"), *, model_dir: str | Path | None = None, corpus: str | list[str] | None = None,
+def measure(cells=COMPARED, *, model_dir: str | Path | None = None, corpus: str | list[str] | None = None,
             hidden: int = 128, layers: int = 1, seq_len: int = 100, batches: int = 8, batch_size: int = 16,
             recurrent_init_scale: float | None = None, seed: int = 0) -> dict[str, list[float]]:
     """cell -> mean ||dL_T/dh_t|| for t = T, T-1, ..., 1, on windows of the corpus's validation text.
@@ -220,27 +221,6 @@ def clip_label(clip: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Gradient norm per layer, for the training log
 
-_LAYER = re.compile(r"^(?P<module>.+)\.[a-z_]+_l(?P<layer>\d+)$")   # rnn.weight_hh_l0 -> rnn, 0
-
-
-def per_layer_grad_norms(model: nn.Module) -> dict[str, float]:
-    """Gradient norm of each layer: "encoder", "rnn.l0", "rnn.l1", ..., "decoder".
-
-    Recurrent parameters (names ending in _l{k}) are grouped by layer, the rest by their top-level
-    module. Parameters without a gradient are left out (and a group with none at all). The squares
-    sum to the squared global norm that `clip_grad_norm_` sees; call it after `backward()` and
-    before clipping to log the raw gradient. Shared (tied) weights count once, under their first name.
-    """
-    squares: dict[str, Tensor] = {}
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            continue
-        name = re.sub(r"^((module|_orig_mod)\.)+", "", name)   # a DDP- or torch.compile-wrapped model
-        match = _LAYER.match(name)
-        group = f"{match['module']}.l{match['layer']}" if match else name.split(".")[0]
-        square = p.grad.detach().float().pow(2).sum()
-        squares[group] = squares[group] + square if group in squares else square
-    return {group: math.sqrt(square.item()) for group, square in squares.items()}
 
 
 # ---------------------------------------------------------------------------------------------

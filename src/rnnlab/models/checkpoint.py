@@ -18,73 +18,20 @@ still holds a complete checkpoint and `resume_dir` finds it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import atomic_write, replace_dir, staging_dir, write_json
 
 FORMAT_VERSION = 1
 CONFIG, TOKENIZER, WEIGHTS, STATE, METRICS, CARD = (
     "config.json", "tokenizer.json", "model.safetensors", "training_state.pt", "metrics.jsonl", "README.md")
 LAST = "last"
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide models from other users
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync the result and rename it to `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,18 +87,10 @@ def save_last(directory: Path, model: torch.nn.Module, state: dict, config: dict
               tokenizer_dict: dict) -> Path:
     """Replace `directory/last/` as a whole: build it beside, then swap it in."""
     directory = Path(directory)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".last-"))
-    os.chmod(staging, 0o777 & ~_umask())
+    staging = staging_dir(directory, ".last-")
     try:
         save_checkpoint(staging, model, state, config, tokenizer_dict)
-        last, old = directory / LAST, directory / (LAST + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if last.exists():
-            os.replace(last, old)
-        os.replace(staging, last)
-        _fsync_dir(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(staging, directory / LAST)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory / LAST

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from rnnlab.corpus import Corpus, cache_dir
-from rnnlab.tokenize import tokenizer_from_dict
+from rnnlab.data.corpus import Corpus, cache_dir
+from rnnlab.files import replace_dir, staging_dir
+from rnnlab.data.tokenizers import tokenizer_from_dict
 
 FORMAT = 1  # bump when tokenisation itself changes, so old entries are not reused
 SPLITS = ("train", "valid", "test")
@@ -83,21 +82,21 @@ def _read(folder: Path):
 
 
 def _write(folder: Path, tokenizer, ids: dict) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """Write the entry in a staging folder and swap it in (files.replace_dir). A cache that cannot be
+    written (read-only, full, not a folder) costs speed, never the run."""
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}-", dir=folder.parent))
+    staging = None
     try:
-        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False), encoding="utf-8")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(folder.parent, f".{folder.name[:12]}-")
+        (staging / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False),
+                                                encoding="utf-8")
         for name, values in ids.items():
             if values is not None:
-                np.save(tmp / f"{name}.npy", values.astype(dtype), allow_pickle=False)
-        if folder.exists():  # a damaged entry (a good one would have been read)
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process wrote the same entry first: theirs is as good as ours
-            pass
+                np.save(staging / f"{name}.npy", values.astype(dtype), allow_pickle=False)
+        replace_dir(staging, folder)  # replaces a damaged entry (a good one would have been read)
     except OSError:
-        pass  # a read-only or full cache costs speed, never the run
+        pass
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -17,7 +17,6 @@ import http.client
 import os
 import sys
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import atomic_write, write_text
 
 
 @dataclass
@@ -153,7 +153,6 @@ def pydocs_text() -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from rnnlab.checkpoint import write_text  # the project's one atomic write (temp file, fsync, rename)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, text)
@@ -240,11 +239,10 @@ def fetch(remote: RemoteFile, *, progress: bool = True) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RnnlabError(f"cannot create the cache folder {dest.parent}: {e.strerror}; set RNNLAB_CACHE") from None
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+
+    def download(tmp: str) -> None:
         digest, received = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {remote.path}",
                       disable=not progress, leave=False) as bar:
@@ -253,17 +251,17 @@ def fetch(remote: RemoteFile, *, progress: bool = True) -> Path:
                     digest.update(block)
                     received += len(block)
                     bar.update(len(block))
-            if total is not None and received != total:
-                raise RnnlabError(f"download of {url} stopped after {received} of {total} bytes; run again to retry")
+        if total is not None and received != total:
+            raise RnnlabError(f"download of {url} stopped after {received} of {total} bytes; run again to retry")
         if digest.hexdigest() != remote.sha256:
             raise RnnlabError(f"checksum mismatch for {url} (got sha256 {digest.hexdigest()[:16]}..., "
                               f"expected {remote.sha256[:16]}...); nothing was cached, run again to retry")
-        os.replace(tmp, dest)
+
+    try:
+        atomic_write(dest, download)  # renamed into the cache only once complete and verified
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
         raise RnnlabError(f"cannot download {url}: {reason}; check the network or set RNNLAB_MIRROR") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -18,32 +18,11 @@ from typing import Iterator
 
 import torch
 
-from rnnlab import checkpoint
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.evaluate import stream_loss, summarize
-from rnnlab.generate import check_sampling, sample_ids
-from rnnlab.model import RNNLM, ModelConfig
-from rnnlab.tokenize import EOS, UNK, tokenizer_from_dict
-
-
-def pick_device(name: str) -> torch.device:
-    """--device NAME as a torch.device: auto picks CUDA, then MPS, then the CPU; a device this
-    machine does not have is a one-line error, not torch's exception at the first tensor."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RnnlabError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RnnlabError("--device mps was asked for but Apple's MPS is not available; use --device cpu")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise RnnlabError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    if name.startswith("cuda:") and not (name[5:].isdigit() and int(name[5:]) < torch.cuda.device_count()):
-        raise RnnlabError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return torch.device(name)
+from rnnlab.inference.metrics import stream_loss, summarize
+from rnnlab.inference.sampling import check_sampling, sample_ids
+from rnnlab.models.rnnlm import RNNLM
+from rnnlab.data.tokenizers import EOS, UNK
 
 
 MAX_PROMPT_TOKENS = 10_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
@@ -160,25 +139,3 @@ class LanguageModel(TextModel):
 
     def stream_loss(self, ids, batch_size: int = 1):
         return stream_loss(self.net, ids, batch_size=batch_size, device=self.device)
-
-
-def load(path: str | Path, device: str | torch.device = "cpu") -> TextModel:
-    """Load a model directory (on the CPU unless told otherwise), whatever device trained it."""
-    path = Path(path)
-    device = pick_device(device) if isinstance(device, str) else device  # before reading anything
-    config = checkpoint.read_config(path)
-    if config.get("model_type", "rnn") != "rnn":
-        from rnnlab.baselines import load_baseline
-        return load_baseline(path, config)
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError):
-        raise RnnlabError(f"{path / checkpoint.CONFIG} has no valid 'model' section; the directory is corrupt") from None
-    tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(path))
-    if tokenizer.vocab_size != model_config.vocab_size:
-        raise RnnlabError(f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
-                          f"{model_config.vocab_size}; the directory mixes two models")
-    net = RNNLM(model_config)
-    checkpoint.load_weights(net, path)
-    net.eval()
-    return LanguageModel(net, tokenizer, config, path).to(device)

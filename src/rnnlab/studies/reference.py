@@ -21,6 +21,8 @@ import numpy as np
 
 from rnnlab.errors import RnnlabError
 
+MAX_CHARS = 200_000  # `rnnlab reference-train` reads at most this much: the NumPy loop is for reading, not speed
+
 
 class NumpyRNN:
     """A one-layer tanh RNN over one-hot characters. `params` holds W_xh (H, V), W_hh (H, H),
@@ -173,3 +175,10 @@ def to_torch(model: NumpyRNN):
         head.weight.copy_(p["W_hy"])
         head.bias.copy_(p["b_y"])
     return rnn, head
+
+
+def sample_text(model: NumpyRNN, chars: list[str], first: str, length: int, *, seed: int = 0,
+                temperature: float = 1.0) -> str:
+    """`first` and `length` characters sampled after it."""
+    ids = model.sample(chars.index(first), length, np.random.default_rng(seed), temperature)
+    return first + "".join(chars[i] for i in ids)

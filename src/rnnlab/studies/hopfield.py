@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import write_text
 
 
 def store(patterns: np.ndarray) -> np.ndarray:
@@ -131,3 +132,40 @@ def capacity_experiment(n_units: int, pattern_counts: list[int], trials: int, no
 def _check_bipolar(x: np.ndarray):
     if not np.isin(x, (-1, 1)).all():
         raise RnnlabError("Hopfield patterns and states are made of -1 and +1 only")
+
+
+# ---------------------------------------------------------------------------------------------
+# What `rnnlab hopfield` shows
+
+LOADS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.25, 0.3)  # patterns per unit in the capacity sweep
+
+
+def recall_snippets(snippets, noise: float, rng: np.random.Generator) -> list[dict]:
+    """Store the snippets, then recall each from a copy with `noise` of its bits flipped:
+    one dict per snippet with the probe, the recalled text, whether it is exact, and the energies."""
+    if not 0 <= noise < 0.5:
+        raise RnnlabError(f"--noise must be in [0, 0.5), got {noise}")
+    width = max(len(s) for s in snippets)
+    patterns = np.stack([encode_text(s, width) for s in snippets])       # (P, 8 * width)
+    weights = store(patterns)
+    results = []
+    for pattern in patterns:
+        probe = corrupt(pattern, noise, rng)
+        final = recall(weights, probe, rng)
+        results.append({"probe": decode_text(probe), "recalled": decode_text(final),
+                        "exact": bool((final == pattern).all()),
+                        "energy": (energy(weights, probe), energy(weights, final))})
+    return results
+
+
+def capacity_sweep(units: int, trials: int, noise: float, rng: np.random.Generator) -> list[tuple[int, float]]:
+    """(patterns stored, recall rate) at the loads of LOADS, for `units` units."""
+    if units < 1 or trials < 1:
+        raise RnnlabError(f"--units and --trials must be at least 1, got {units} and {trials}")
+    counts = sorted({max(1, round(load * units)) for load in LOADS})
+    return capacity_experiment(units, counts, trials, noise, rng)
+
+
+def write_csv(rows: list[tuple[int, float]], units: int, path) -> None:
+    write_text(path, "units,patterns,patterns_per_unit,recall_rate\n" + "".join(
+        f"{units},{count},{count / units:.4f},{rate:.4f}\n" for count, rate in rows))

@@ -9,101 +9,33 @@ ATen on CPUs) do the work. A vanilla RNN layer computes `h_t = tanh(W x_t + U h_
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rnnlab.cells import ExplicitRNN
-from rnnlab.errors import RnnlabError
-from rnnlab.minrnn import MinGRU, MinLSTM
+from rnnlab.models.cells import ExplicitRNN
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.minrnn import MinGRU, MinLSTM
+from rnnlab.models.registry import CELLS
 
-# cell name -> (torch module, gates per unit, extra constructor arguments)
-CELLS = {
-    "rnn": (nn.RNN, 1, {"nonlinearity": "tanh"}),
-    "rnn-relu": (nn.RNN, 1, {"nonlinearity": "relu"}),
-    "lstm": (nn.LSTM, 4, {}),
-    "gru": (nn.GRU, 3, {}),
-    # Feng et al. 2024, "Were RNNs All We Needed?": gates from x_t only, trained by a parallel scan
-    "mingru": (MinGRU, 2, {}),
-    "minlstm": (MinLSTM, 3, {}),
+# cell name (models/registry.py) -> (torch module, extra constructor arguments)
+MODULES = {
+    "rnn": (nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn-relu": (nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (nn.LSTM, {}),
+    "gru": (nn.GRU, {}),
+    "mingru": (MinGRU, {}),
+    "minlstm": (MinLSTM, {}),
 }
-INPUTS = ("learned", "onehot")
-IMPLS = ("torch", "explicit")
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int               # tokens the model reads and predicts (the tokenizer's vocabulary)
-    cell: str = "lstm"            # rnn (tanh) | rnn-relu | lstm | gru | mingru | minlstm; LSTM is the robust default
-    input: str = "learned"        # learned: an embedding table; onehot: the textbook's one-hot x_t
-    embed_dim: int = 256          # width of the learned embedding (onehot ignores it)
-    hidden: int = 256             # units per recurrent layer
-    layers: int = 2               # stacked recurrent layers
-    dropout: float = 0.0          # on the input, between layers and before the softmax (Zaremba et al. 2014)
-    tie_weights: bool = False     # share input embedding and softmax weights (Press & Wolf 2017)
-    freeze_embeddings: bool = False  # keep the input embedding fixed (pretrained vectors stay as they are)
-    init_range: float | None = None  # uniform(-r, r) for embedding and recurrent weights (Zaremba: 0.1); None: torch's
-    embed_init: str = "normal"     # learned embedding without init_range: torch's N(0, 1), or uniform(-0.1, 0.1)
-    impl: str = "torch"           # torch: fused nn.RNN/LSTM/GRU kernels; explicit: the equations in cells.py (slow, for study)
-    softmax: str = "full"         # full | adaptive (Grave et al. 2017): frequent words get the full width, rare ones less
-    cutoffs: tuple[int, ...] = ()  # adaptive: vocabulary boundaries of the clusters; () picks 2k/10k/50k-style ones
-
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.impl not in IMPLS:
-            raise RnnlabError(f"unknown impl {self.impl!r}; choose one of {', '.join(IMPLS)}")
-        if self.impl == "explicit" and self.cell in ("mingru", "minlstm"):
-            raise RnnlabError(f"--impl explicit covers rnn, rnn-relu, lstm and gru; {self.cell} has only its scan form")
-        if self.input not in INPUTS:
-            raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
-        for name in ("vocab_size", "embed_dim", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise RnnlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
-            raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
-        if self.freeze_embeddings and (self.tie_weights or self.input != "learned"):
-            raise RnnlabError("--freeze-embeddings needs a learned (or pretrained) embedding and no --tie-weights")
-        if self.embed_init not in ("normal", "uniform"):
-            raise RnnlabError(f"unknown embedding init {self.embed_init!r}; choose normal or uniform")
-        if self.softmax not in ("full", "adaptive"):
-            raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
-        if self.softmax == "adaptive":
-            if self.tie_weights:
-                raise RnnlabError("--softmax adaptive cannot be combined with --tie-weights")
-            self.cutoffs = tuple(self.cutoffs) or default_cutoffs(self.vocab_size)
-            if list(self.cutoffs) != sorted(set(self.cutoffs)) or not 0 < self.cutoffs[0] or \
-                    self.cutoffs[-1] >= self.vocab_size:
-                raise RnnlabError(f"--cutoffs must increase strictly between 0 and the vocabulary size "
-                                  f"({self.vocab_size}), got {list(self.cutoffs)}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        data = {**data, "cutoffs": tuple(data.get("cutoffs") or ())}
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def default_cutoffs(vocab_size: int) -> tuple[int, ...]:
-    """Cluster boundaries for the adaptive softmax: a head of the most frequent ~2-4k words."""
-    cutoffs = tuple(c for c in (2000, 10_000, 50_000) if c < vocab_size)
-    if not cutoffs:
-        raise RnnlabError(f"a vocabulary of {vocab_size} is too small for --softmax adaptive; use full")
-    return cutoffs
 
 
 class RNNLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        rnn_class, gates, extra = CELLS[config.cell]
+        rnn_class, extra = MODULES[config.cell]
+        gates = CELLS[config.cell].gates
         V, H = config.vocab_size, config.hidden
         if config.input == "onehot":
             # W x_t with a one-hot x_t is column x_t of W: a table lookup, no V-wide vector is

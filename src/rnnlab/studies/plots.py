@@ -11,10 +11,12 @@ import math
 from pathlib import Path
 
 from rnnlab.errors import RnnlabError
-from rnnlab.gradients import first_divergence
+from rnnlab.models.registry import CELLS
+from rnnlab.studies.gradients import first_divergence
+from rnnlab.studies.longrange import TASKS
 
 # one colour per cell, the same in every plot
-COLORS = {"rnn": "tab:red", "rnn-relu": "tab:orange", "lstm": "tab:blue", "gru": "tab:green"}
+COLORS = {name: cell.color for name, cell in CELLS.items()}
 
 
 def _figure(panels: int = 1, *, width: float = 7.0, height: float = 4.5):
@@ -101,7 +103,6 @@ def plot_longrange(rows: list[dict], path: str | Path) -> None:
     """Rows as from longrange.run (or read back from its CSV): one panel per task, x: sequence
     length T, y: the task's test metric, one line per cell; the memoryless baseline dashed, the
     solved threshold dotted; solved points filled, unsolved hollow."""
-    from rnnlab.longrange import TASKS
 
     rows = [{**row, "length": int(row["length"]), "value": float(row["value"]),
              "baseline": float(row["baseline"]), "solved": row["solved"] in (True, "True")} for row in rows]

@@ -29,6 +29,7 @@ clipping; each run trains until its task is solved on a validation batch (twice 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from pathlib import Path
@@ -39,11 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import write_text
+from rnnlab.models.registry import COMPARED
 
 Tensor = torch.Tensor
 
 COLUMNS = ("task", "cell", "length", "metric", "value", "baseline", "solved")
-RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}  # "rnn" is the tanh RNN
+RECURRENT = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}  # the registry's COMPARED cells; "rnn" is tanh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +258,7 @@ def evaluate(model: SequenceModel, task, x: Tensor, target: Tensor) -> float:
     return value
 
 
-def run(task: str, cells=("rnn", "lstm", "gru"), lengths=None, *, steps: int | None = None, batch_size: int = 64,
+def run(task: str, cells=COMPARED, lengths=None, *, steps: int | None = None, batch_size: int = 64,
         hidden: int = 64, lr: float = 1e-2, time_budget_s: float | None = None, seed: int = 0,
         log: Callable[[str], None] | None = None) -> list[dict]:
     """Train a fresh model for every (cell, length) and return one row each, with keys `COLUMNS`.
@@ -282,12 +285,20 @@ def run(task: str, cells=("rnn", "lstm", "gru"), lengths=None, *, steps: int | N
             for length in lengths for cell in cells]
 
 
+def sweep(task: str, cells: list[str], lengths: list[int] | None, *, steps: int | None, hidden: int,
+          time_budget_min: float | None, seed: int, log: Callable[[str], None] | None = None) -> list[dict]:
+    """`run` with one time budget (minutes) for the whole sweep, shared evenly by its runs."""
+    runs = len(cells) * len(lengths or TASKS.get(task, AddingTask).lengths)
+    budget = None if time_budget_min is None else 60 * time_budget_min / max(runs, 1)
+    return run(task, cells, lengths, steps=steps, hidden=hidden, time_budget_s=budget, seed=seed, log=log)
+
+
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({**row, "value": f"{row['value']:.6g}", "baseline": f"{row['baseline']:.6g}"}
-                         for row in rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**row, "value": f"{row['value']:.6g}", "baseline": f"{row['baseline']:.6g}"} for row in rows)
+    write_text(path, text.getvalue())
 
 
 def format_table(rows: list[dict]) -> str:

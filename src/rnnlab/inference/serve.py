@@ -46,9 +46,10 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from rnnlab import __version__
+from rnnlab.version import __version__
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.lm import TextModel, load
+from rnnlab.inference.lm import TextModel
+from rnnlab.inference.loading import load
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
 MAX_SEED = 2**53 - 1

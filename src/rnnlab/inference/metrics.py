@@ -1,4 +1,4 @@
-"""Held-out evaluation: loss (nats per token), perplexity and bits per token.
+"""The metrics of held-out text: loss (nats per token), perplexity and bits per token.
 
 The hidden state runs across the whole stream, so every token is predicted from everything
 before it, as a reader would. perplexity = exp(loss); bits per token = loss / ln 2 (bits per
@@ -12,9 +12,9 @@ import math
 import numpy as np
 import torch
 
-from rnnlab.batching import batchify, windows
+from rnnlab.data.batching import batchify, windows
 from rnnlab.errors import RnnlabError
-from rnnlab.model import detach
+from rnnlab.models.rnnlm import detach
 
 
 @torch.inference_mode()
@@ -48,36 +48,10 @@ def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
     return total / count, count
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped where exp would overflow a float (an untrained or diverged model)."""
+    return math.exp(min(loss, 700.0))
+
+
 def summarize(loss: float, tokens: int) -> dict:
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2),
-            "tokens": tokens}
-
-
-def evaluate(model, corpus=None, *, split: str = "valid", text: str | None = None, progress: bool = True,
-             **corpus_options) -> dict:
-    """Evaluate a model (a loaded model or a model directory) on one split, as one stream.
-
-    The text comes from `text` if given, else from `corpus` (a named corpus, paths, or a `Corpus`),
-    else from the corpus the model was trained on, as recorded in its config.json.
-    """
-    from rnnlab.corpus import Corpus, load_corpus
-    from rnnlab.lm import TextModel, load
-
-    lm = model if isinstance(model, TextModel) else load(model)
-    if text is None:
-        if corpus is None:
-            saved = lm.config.get("corpus") or {}
-            if not saved.get("sources"):
-                raise RnnlabError("the model does not record its corpus; pass a corpus to evaluate on")
-            corpus = saved["sources"]
-            for key in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized"):
-                corpus_options.setdefault(key, saved.get(key))
-        if not isinstance(corpus, Corpus):
-            corpus = load_corpus(corpus, progress=progress,
-                                 **{k: v for k, v in corpus_options.items() if v is not None})
-        if split not in ("train", "valid", "test"):
-            raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
-        text = getattr(corpus, split)
-        if not text:
-            raise RnnlabError(f"the corpus {corpus.name} has no {split} split; pass --{split} FILE")
-    return lm.evaluate(text)
+    return {"loss": loss, "perplexity": perplexity(loss), "bits_per_token": loss / math.log(2), "tokens": tokens}

@@ -15,8 +15,10 @@ import io
 import re
 from pathlib import Path
 
-from rnnlab.corpus import Corpus
+from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
+from rnnlab.files import write_text
+from rnnlab.models.registry import COMPARED
 
 COLUMNS = ("model", "train_tokens", "valid_perplexity", "train_seconds", "parameters")
 
@@ -35,7 +37,7 @@ def parse_models(spec: str) -> list[tuple[str, dict]]:
             models.append((item, {"model": "hmm", "states": int(arg or 64)}))
         elif name == "ngram":
             models.append((item, {"model": "ngram", "order": int(arg or 5)}))
-        elif name in ("rnn", "lstm", "gru"):
+        elif name in COMPARED:
             models.append((item, {"model": "rnn", "cell": name, **RNN_RECIPE}))
         else:
             raise RnnlabError(f"unknown model {item!r} in --models; use hmm[:K], ngram[:N], rnn, lstm, gru")
@@ -68,10 +70,28 @@ def prefix(text: str, tokenizer, tokens: int) -> str:
     return text[:end]
 
 
+def study(sources, models: str, sizes: str, out: str | Path, *, level: str | None = None,
+          time_budget: float | None = 2.0, corpus_options: dict | None = None, log=print) -> list[dict]:
+    """`rnnlab compare`: parse the specs, read the corpus, train and score every model on every size,
+    and write compare.csv, compare.md and compare.png into `out`."""
+    from rnnlab.data.corpus import load_corpus
+    from rnnlab.studies.plots import plot_compare
+    parsed_models, parsed_sizes = parse_models(models), parse_sizes(sizes)
+    corpus = load_corpus(sources, **(corpus_options or {}))
+    tokenizer = fixed_tokenizer(corpus, level or ("word" if corpus.pretokenized else "char"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(corpus, tokenizer, parsed_models, parsed_sizes, out, time_budget=time_budget, log=log)
+    write_text(out / "compare.csv", to_csv(rows))
+    write_text(out / "compare.md", to_markdown(rows))
+    plot_compare(rows, out / "compare.png", title=f"{corpus.name}: validation perplexity")
+    return rows
+
+
 def run(corpus: Corpus, tokenizer, models: list[tuple[str, dict]], sizes: list[int], out: Path, *,
         time_budget: float | None = 2.0, log=print) -> list[dict]:
     """Train every model on every prefix; return rows with the COLUMNS keys."""
-    import rnnlab
+    from rnnlab.training.pipeline import train
 
     if not corpus.valid:
         raise RnnlabError("the comparison needs a validation split")
@@ -87,7 +107,7 @@ def run(corpus: Corpus, tokenizer, models: list[tuple[str, dict]], sizes: list[i
             options = {**options}
             if options["model"] == "rnn" or options["model"] == "hmm":
                 options["time_budget"] = time_budget
-            lm = rnnlab.train(part, out / "models" / f"{label.replace(':', '')}-{size}", overwrite=True,
+            lm = train(part, out / "models" / f"{label.replace(':', '')}-{size}", overwrite=True,
                               tokenizer=tokenizer, progress=False, log=lambda m: None, **options)
             config = lm.config
             rows.append({"model": label, "train_tokens": config["corpus"]["train_tokens"],
@@ -116,6 +136,6 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def fixed_tokenizer(corpus: Corpus, level: str, max_vocab: int = 20_000):
-    from rnnlab.tokenize import build_tokenizer
+    from rnnlab.data.tokenizers import build_tokenizer
     return build_tokenizer(level, corpus.train, max_vocab=max_vocab, pretokenized=corpus.pretokenized)
 

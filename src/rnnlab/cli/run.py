@@ -1,0 +1,155 @@
+"""`rnnlab train`, `evaluate`, `generate` and `serve`: each parser beside the function that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from rnnlab.cli.flags import add_config_flags, given
+from rnnlab.errors import RnnlabError
+from rnnlab.models.config import ModelConfig
+from rnnlab.training.config import BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig
+from rnnlab.training.presets import PRESETS
+
+CORPUS_FLAGS = ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+DEVICE_HELP = "cpu | cuda | mps (default: cpu)"
+
+
+def train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a language model on a corpus",
+                       description="Train a recurrent language model. CORPUS is a file, a folder, several "
+                                   "of them, or a named corpus: pydocs (built in), tinyshakespeare, ptb, wikitext-2.")
+    p.add_argument("corpus", nargs="*", metavar="CORPUS", help="text to learn from (omit with --resume)")
+    p.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS, help="model directory (default: a new folder "
+                                                                            "in runs/)")
+    p.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                   help="replace an existing model in --out")
+    p.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
+                   help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--preset", metavar="NAME", default=argparse.SUPPRESS,
+                   help="a documented recipe whose settings your own options override: " + ", ".join(PRESETS))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p.add_argument_group("corpus and tokens"), DataConfig)
+    add_config_flags(p.add_argument_group("input vectors"), EmbeddingConfig)
+    add_config_flags(p.add_argument_group("model"), ModelConfig)
+    add_config_flags(p.add_argument_group("baselines"), BaselineConfig)
+    add_config_flags(p.add_argument_group("training"), TrainConfig)
+    p.set_defaults(run=train_command)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from rnnlab.training.pipeline import train
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "run", "corpus", "quiet")}
+    lm = train(args.corpus or None, progress=not args.quiet, command=args.command_line, **options)
+    print(f"model saved in {lm.path}")
+    print(f"try: rnnlab generate {shlex.quote(str(lm.path))} --length 300")
+    return 0
+
+
+def evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="loss, perplexity and bits per token on held-out text",
+                       description="Evaluate MODEL on a split of CORPUS (default: the corpus it was trained on), "
+                                   "reading the text as one stream.")
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("corpus", nargs="*", metavar="CORPUS", help="corpus (default: the model's own)")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="valid", help="which split (default: valid)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    add_config_flags(p.add_argument_group("corpus"), DataConfig, only=CORPUS_FLAGS)
+    p.set_defaults(run=evaluate_command)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from rnnlab.inference.evaluate import evaluate
+    from rnnlab.inference.loading import load
+    lm = load(args.model, device=args.device)
+    result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, **given(args, DataConfig, only=CORPUS_FLAGS))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    unit = "character" if lm.tokenizer.kind == "char" else "token"
+    print(f"split:            {args.split}")
+    print(f"tokens:           {result['tokens']:,}")
+    print(f"loss:             {result['loss']:.4f} nats/{unit}")
+    print(f"perplexity:       {result['perplexity']:.2f}")
+    print(f"bits per {unit}: {result['bits_per_token']:.4f}")
+    return 0
+
+
+def generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="write new text from a prompt",
+                       description="Generate text with MODEL, streaming it to stdout.")
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("--prompt", default=None, help="seed text (default: a random vocabulary word)")
+    p.add_argument("--length", type=int, default=500, help="new tokens to write (default: 500)")
+    p.add_argument("--temperature", type=float, default=1.0, help="< 1 safer, > 1 wilder (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass P")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.set_defaults(run=generate_command)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from rnnlab.files import write_text
+    from rnnlab.inference.loading import load
+    from rnnlab.inference.sampling import check_sampling
+    check_sampling(args.temperature, args.top_k, args.top_p)  # before the (slower) model load
+    if args.num_samples < 1:
+        raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.out:
+        try:
+            open(args.out, "a").close()
+        except OSError as e:
+            raise RnnlabError(f"cannot write --out {args.out}: {e.strerror}") from None
+    lm = load(args.model, device=args.device)
+    texts = []
+    for i in range(args.num_samples):
+        if i:
+            print("\n" + "-" * 40, flush=True)
+        seed = None if args.seed is None else args.seed + i
+        pieces = []
+        for piece in lm.stream(args.prompt, length=args.length, temperature=args.temperature, top_k=args.top_k,
+                               top_p=args.top_p, greedy=args.greedy, seed=seed):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        texts.append("".join(pieces))
+    if args.out:
+        write_text(Path(args.out), "\n\n".join(texts) + "\n")
+    return 0
+
+
+def serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON/SSE API and a web page",
+                       description="Serve MODEL at http://HOST:PORT/: a page to try it, POST /v1/generate (JSON, or "
+                                   "Server-Sent Events with \"stream\": true), GET /v1/model, GET /healthz, /docs.")
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--max-prompt-chars", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="longest prompt (default: 4000)")
+    p.add_argument("--max-tokens", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="most tokens per request (default: 2000)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.set_defaults(run=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        from rnnlab.inference.serve import main_serve
+    except ImportError as e:
+        raise RnnlabError(f"rnnlab serve needs FastAPI and uvicorn ({e.name} is missing): "
+                          "pip install 'rnnlab[serve]'") from None
+    limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens") if hasattr(args, k)}
+    return main_serve(args.model, args.host, args.port, device=args.device, **limits)
+
+
+PARSERS = (train_parser, evaluate_parser, generate_parser, serve_parser)

@@ -1,0 +1,37 @@
+"""`rnnlab.load`: open a model directory, whichever model it holds, on the CPU unless told otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rnnlab.data.tokenizers import tokenizer_from_dict
+from rnnlab.devices import pick_device
+from rnnlab.errors import RnnlabError
+from rnnlab.inference.baseline_models import load_baseline
+from rnnlab.inference.lm import LanguageModel, TextModel
+from rnnlab.models import checkpoint
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> TextModel:
+    """Load a model directory (on the CPU unless told otherwise), whatever device trained it."""
+    path = Path(path)
+    device = pick_device(device) if isinstance(device, str) else device  # before reading anything
+    config = checkpoint.read_config(path)
+    if config.get("model_type", "rnn") != "rnn":
+        return load_baseline(path, config)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError):
+        raise RnnlabError(f"{path / checkpoint.CONFIG} has no valid 'model' section; the directory is corrupt") from None
+    tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(path))
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise RnnlabError(f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
+                          f"{model_config.vocab_size}; the directory mixes two models")
+    net = RNNLM(model_config)
+    checkpoint.load_weights(net, path)
+    net.eval()
+    return LanguageModel(net, tokenizer, config, path).to(device)

@@ -1,0 +1,87 @@
+"""`ModelConfig`: what a recurrent language model is made of. Torch-free: the command line reads its
+fields (and their help) without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from rnnlab.errors import RnnlabError
+from rnnlab.models.registry import CELLS, CLASSIC, names
+from rnnlab.options import option, parse_int_list
+
+INPUTS = ("learned", "onehot")
+IMPLS = ("torch", "explicit")
+SOFTMAXES = ("full", "adaptive")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = option(0, "tokens the model reads and predicts (the tokenizer's vocabulary)", cli=False)
+    cell: str = option("lstm", f"{names()}; LSTM is the robust default", metavar="CELL")
+    input: str = option("learned", "input layer: learned (an embedding table) or onehot (the textbook's one-hot "
+                        "x_t)", metavar="KIND")
+    embed_dim: int = option(256, "width of the learned embedding (onehot ignores it)", metavar="N")
+    hidden: int = option(256, "units per recurrent layer", metavar="N")
+    layers: int = option(2, "stacked recurrent layers", metavar="N")
+    dropout: float = option(0.0, "dropout on the input, between layers and before the softmax (Zaremba et al. "
+                            "2014)", metavar="P")
+    tie_weights: bool = option(False, "share the input embedding and softmax weights (Press & Wolf 2017)")
+    freeze_embeddings: bool = option(False, "keep the input embedding fixed (pretrained vectors stay as they are)")
+    init_range: float | None = option(None, "uniform(-r, r) for embedding and recurrent weights (Zaremba: 0.1); "
+                                      "default: torch's", metavar="R")
+    embed_init: str = option("normal", "a learned embedding without init_range: torch's N(0, 1), or uniform "
+                             "(+-0.1)", cli=False)
+    impl: str = option("torch", "torch: the fused nn.RNN/LSTM/GRU kernels; explicit: the equations of "
+                       "models/cells.py (slow, for study)", metavar="IMPL")
+    softmax: str = option("full", "full | adaptive (Grave et al. 2017): frequent words get the full width, rare "
+                          "ones less", metavar="KIND")
+    cutoffs: tuple[int, ...] = option((), "adaptive softmax cluster boundaries, e.g. 2000,10000 (default: chosen "
+                                      "from the vocabulary)", metavar="N,N", parse=parse_int_list)
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.impl not in IMPLS:
+            raise RnnlabError(f"unknown impl {self.impl!r}; choose one of {', '.join(IMPLS)}")
+        if self.impl == "explicit" and self.cell not in CLASSIC:
+            raise RnnlabError(f"--impl explicit covers {', '.join(CLASSIC)}; {self.cell} has only its scan form")
+        if self.input not in INPUTS:
+            raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
+        for name in ("vocab_size", "embed_dim", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
+            raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
+        if self.freeze_embeddings and (self.tie_weights or self.input != "learned"):
+            raise RnnlabError("--freeze-embeddings needs a learned (or pretrained) embedding and no --tie-weights")
+        if self.embed_init not in ("normal", "uniform"):
+            raise RnnlabError(f"unknown embedding init {self.embed_init!r}; choose normal or uniform")
+        if self.softmax not in SOFTMAXES:
+            raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
+        if self.softmax == "adaptive":
+            if self.tie_weights:
+                raise RnnlabError("--softmax adaptive cannot be combined with --tie-weights")
+            self.cutoffs = tuple(self.cutoffs) or default_cutoffs(self.vocab_size)
+            if list(self.cutoffs) != sorted(set(self.cutoffs)) or not 0 < self.cutoffs[0] or \
+                    self.cutoffs[-1] >= self.vocab_size:
+                raise RnnlabError(f"--cutoffs must increase strictly between 0 and the vocabulary size "
+                                  f"({self.vocab_size}), got {list(self.cutoffs)}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        data = {**data, "cutoffs": tuple(data.get("cutoffs") or ())}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_cutoffs(vocab_size: int) -> tuple[int, ...]:
+    """Cluster boundaries for the adaptive softmax: a head of the most frequent ~2-4k words."""
+    cutoffs = tuple(c for c in (2000, 10_000, 50_000) if c < vocab_size)
+    if not cutoffs:
+        raise RnnlabError(f"a vocabulary of {vocab_size} is too small for --softmax adaptive; use full")
+    return cutoffs

@@ -1,0 +1,154 @@
+"""What a training run is told: the training loop (`TrainConfig`), the text and its tokens
+(`DataConfig`), pretrained input vectors (`EmbeddingConfig`) and the non-neural baselines
+(`BaselineConfig`). With `ModelConfig` (models/config.py) they are every option of `rnnlab
+train`; each field's help is the command line's. Torch-free, like the help it feeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from rnnlab.errors import RnnlabError
+from rnnlab.options import option, parse_clip
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "plateau", "step")
+PRECISIONS = ("fp32", "bf16")
+LEVELS = ("char", "word", "bpe")
+BASELINES = ("hmm", "ngram")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = option(32, "parallel token streams (rows of batchify)", metavar="N")
+    bptt: int = option(128, "tokens per truncated-BPTT window: how far back gradients flow", metavar="N")
+    optimizer: str = option("adamw", "sgd | adam | adamw; adamw is forgiving, sgd reproduces Zaremba et al.",
+                            metavar="NAME")
+    lr: float = option(3e-3, "peak learning rate", metavar="X")
+    momentum: float = option(0.0, "sgd momentum", metavar="X")
+    weight_decay: float = option(0.0, "weight decay: decoupled for adamw, L2 for sgd and adam", metavar="X")
+    schedule: str = option("cosine", "constant | cosine (to lr-floor at the end) | plateau | step", metavar="NAME")
+    warmup: int = option(0, "steps of linear warm-up", metavar="N")
+    lr_floor: float = option(0.1, "cosine: the final lr as a fraction of --lr", metavar="X")
+    lr_decay: float = option(0.25, "plateau: lr multiplier when validation stops improving; step: each epoch",
+                             metavar="X")
+    decay_start: int = option(4, "step: epochs at full lr before decaying every epoch (Zaremba: 4)", metavar="N")
+    clip: float | None = option(1.0, "global gradient-norm clip, the remedy for exploding gradients; 'none' for "
+                                "off", metavar="NORM", parse=parse_clip)
+    epochs: int | None = option(None, "passes over the training split (10 if no other limit is set)", metavar="N")
+    max_steps: int | None = option(None, "optimiser steps", metavar="N")
+    time_budget: float | None = option(None, "minutes of training; stops cleanly, then validates and saves",
+                                       metavar="MINUTES")
+    eval_every: int | None = option(None, "steps between validations (default: at the end of every epoch)",
+                                    metavar="N")
+    eval_batch_size: int = option(16, "parallel streams when validating during training", metavar="N")
+    patience: int | None = option(None, "stop after N validations without improvement", metavar="N")
+    save_every: int | None = option(None, "steps between saves of last/ (default: at every validation)",
+                                    metavar="N")
+    sample_every: int | None = option(None, "steps between printed samples", metavar="N")
+    log_every: int = option(50, "steps between metrics.jsonl lines", metavar="N")
+    skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
+    precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
+                            "fp32)", metavar="NAME")
+    seed: int = option(1337, "random seed", metavar="N")
+    device: str = option("auto", "auto | cpu | cuda | mps", metavar="NAME")
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise RnnlabError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise RnnlabError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        if self.schedule not in SCHEDULES:
+            raise RnnlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for name in ("batch_size", "bptt", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "eval_every", "patience", "save_every", "sample_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise RnnlabError(f"--lr must be > 0, got {self.lr}")
+        if self.clip is not None and not self.clip > 0:
+            raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise RnnlabError(f"--time-budget must be > 0 minutes, got {self.time_budget}")
+        if self.epochs is None and self.max_steps is None and self.time_budget is None:
+            self.epochs = 10
+
+
+@dataclass
+class DataConfig:
+    valid: str | None = option(None, "validation text (file or folder)", metavar="FILE")
+    test: str | None = option(None, "test text (file or folder)", metavar="FILE")
+    valid_fraction: float | None = option(None, "hold out the last F of the text as validation (default 0.1 when "
+                                          "no split is given)", metavar="F")
+    glob: str | None = option(None, "files to read inside folders (default: *.txt)", metavar="GLOB")
+    encoding: str | None = option(None, "text encoding (default: utf-8)", metavar="NAME")
+    pretokenized: bool = option(False, "the text is already tokenised: split words on whitespace only (PTB, "
+                                "WikiText)")
+    level: str | None = option(None, "char | word | bpe (default: char; word for tokenised corpora)",
+                               metavar="LEVEL")
+    max_vocab: int | None = option(None, "word level: vocabulary cap incl. <unk>, <eos> (default: 20000); bpe: "
+                                   "vocabulary size (default: 4096)", metavar="N", aliases=("--vocab-size",))
+    min_freq: int | None = option(None, "word level: drop words seen fewer times (default: 1)", metavar="N")
+    lowercase: bool = option(False, "word level: lowercase the text")
+    cache: bool = option(True, "tokenise the corpus again instead of reading (and writing) the token cache in "
+                         "$RNNLAB_CACHE (default ~/.cache/rnnlab/tokens)", flag="--no-cache", negate=True)
+
+    def __post_init__(self):
+        if self.level is not None and self.level not in LEVELS:
+            raise RnnlabError(f"unknown level {self.level!r}; choose char, word or bpe")
+        if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
+            raise RnnlabError(f"--valid-fraction must be between 0 and 1, got {self.valid_fraction}")
+        for name in ("max_vocab", "min_freq"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+    def corpus_options(self) -> dict:
+        """The options `load_corpus` takes, as given (None: its defaults)."""
+        return {k: getattr(self, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding")} | \
+            {"pretokenized": self.pretokenized or None}
+
+
+@dataclass
+class EmbeddingConfig:
+    embedding: str | None = option(None, "learned (default) | onehot | word2vec (trained on the training split) "
+                                   "| PATH of GloVe or word2vec vectors", metavar="KIND")
+    embedding_format: str | None = option(None, "glove | word2vec | word2vec-binary (default: detected)",
+                                          metavar="FMT")
+    w2v_skipgram: bool = option(True, "word2vec: CBOW instead of skip-gram", flag="--w2v-cbow", negate=True)
+    w2v_window: int = option(5, "word2vec: context window", metavar="N")
+    w2v_epochs: int = option(5, "word2vec: epochs", metavar="N")
+    w2v_min_count: int = option(1, "word2vec: ignore rarer tokens", metavar="N")
+
+    @property
+    def pretrained(self) -> bool:
+        """Vectors from a file or trained by word2vec (not a learned table or one-hot input)."""
+        return self.embedding not in (None, "learned", "onehot")
+
+
+@dataclass
+class BaselineConfig:
+    model: str = option("rnn", "rnn | hmm (Hidden Markov Model baseline) | ngram (Kneser-Ney baseline)",
+                        metavar="KIND")
+    states: int = option(64, "hmm: hidden states", metavar="K")
+    em_iterations: int = option(20, "hmm: Baum-Welch iterations", metavar="N")
+    order: int = option(5, "ngram: order", metavar="N")
+
+    def __post_init__(self):
+        if self.model not in ("rnn", *BASELINES):
+            raise RnnlabError(f"unknown model {self.model!r}; choose rnn, hmm or ngram")
+
+
+def field_names(config_class) -> set[str]:
+    return {f.name for f in fields(config_class)}
+
+
+def split_options(options: dict, *config_classes) -> list[dict]:
+    """Sort keyword options by the config dataclass they belong to; an unknown one is an error."""
+    groups = [{k: v for k, v in options.items() if k in field_names(c)} for c in config_classes]
+    unknown = set(options) - set().union(*(field_names(c) for c in config_classes))
+    if unknown:
+        raise RnnlabError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return groups

@@ -1,0 +1,335 @@
+"""`rnnlab.train`: the whole pipeline, in the order it runs.
+
+    options ─► resume reconciled ─► corpus read and tokenised ─► model built ─► Trainer.fit ─► best model scored, card written
+                                                               └► a baseline (--model hmm|ngram) fits and saves in one go
+
+Each stage is a function of its own below; `train()` reads top to bottom as the list above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rnnlab.data import tokencache
+from rnnlab.data.corpus import Corpus, load_corpus
+from rnnlab.data.tokenizers import build_tokenizer, tokenizer_from_dict
+from rnnlab.devices import pick_device
+from rnnlab.errors import RnnlabError
+from rnnlab.files import write_json, write_text
+from rnnlab.inference.lm import LanguageModel
+from rnnlab.models import checkpoint
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.rnnlm import RNNLM, cpu_lstm_runs_in_bf16
+from rnnlab.training import distributed
+from rnnlab.training.card import model_card, score_splits
+from rnnlab.training.config import BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig, split_options
+from rnnlab.training.presets import apply_preset
+from rnnlab.training.trainer import Trainer, seed_everything
+from rnnlab.version import __version__
+
+_TOKENIZER_OPTIONS = ("level", "max_vocab", "min_freq", "lowercase")
+_CORPUS_OPTIONS = ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+
+
+@dataclass
+class Options:
+    """The options of one run, sorted by what they configure (the model's and the loop's as given:
+    they become configs once the vocabulary is known and a resumed run's settings are merged in)."""
+    model: dict
+    train: dict
+    data: DataConfig
+    embedding: EmbeddingConfig
+    baseline: BaselineConfig
+
+    @classmethod
+    def from_kwargs(cls, preset: str | None, options: dict) -> Options:
+        options = apply_preset(preset, options)
+        if options.get("embedding") == "onehot":
+            options["input"] = "onehot"
+        model, train, data, embedding, baseline = split_options(
+            options, ModelConfig, TrainConfig, DataConfig, EmbeddingConfig, BaselineConfig)
+        if "vocab_size" in model:
+            raise RnnlabError("vocab_size comes from the tokenizer; use --max-vocab to cap the vocabulary")
+        return cls(model, train, DataConfig(**data), EmbeddingConfig(**embedding), BaselineConfig(**baseline))
+
+
+def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None = None, *,
+          resume: str | Path | None = None, preset: str | None = None, overwrite: bool = False,
+          progress: bool = True, command: str | None = None, log=None, tokenizer=None, **options) -> LanguageModel:
+    """Train a recurrent language model (or a baseline) and return it: the best checkpoint.
+
+    `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list of
+    paths, or a `Corpus`. `options` are the fields of `ModelConfig` (cell, hidden, layers, ...),
+    `TrainConfig` (lr, batch_size, bptt, epochs, time_budget, ...), `DataConfig` (level, max_vocab,
+    valid, ...), `EmbeddingConfig` (embedding="word2vec" or a vectors file, ...) and
+    `BaselineConfig` (model="hmm" or "ngram", states, order, ...). `preset` starts from a documented
+    recipe. With `resume`, the run in that directory continues from its last checkpoint, on its own
+    corpus unless one is given. `tokenizer` replaces the one fitted on the training split.
+    """
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    run = Options.from_kwargs(preset, options)
+    saved = None
+    if resume is not None:
+        out = Path(resume)
+        saved = reconcile_resume(out, run, corpus_given=corpus is not None)
+    corpus = read_corpus(corpus, run.data, saved, progress)
+    if saved is not None:
+        tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
+    tokenizer, ids, cached = tokenise(corpus, run.data, tokenizer, log)
+    if run.baseline.model != "rnn":
+        return train_baseline(corpus, out, tokenizer, ids, run, overwrite=overwrite, command=command, log=log)
+    return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
+                     progress=progress, command=command, log=log)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
+    """The saved run's settings for a resume: options that would change the model are refused (one
+    message naming all of them); the tokenizer options are the saved ones, and so are the corpus
+    options unless a corpus is given."""
+    saved = checkpoint.read_config(out)
+    if saved.get("model_type", "rnn") != "rnn":
+        raise RnnlabError(f"{out} holds a {saved.get('model_type')} baseline; baselines train in one go "
+                          f"and cannot be resumed (train it again with --overwrite)")
+    clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
+               for k, v in run.model.items() if k in saved["model"] and saved["model"][k] != v]
+    tok = saved["tokenizer"]
+    clashes += [f"--{k.replace('_', '-')} {getattr(run.data, k)} (the run has {tok[k]})"
+                for k in _TOKENIZER_OPTIONS if getattr(run.data, k) not in (None, False) and tok.get(k) != getattr(run.data, k)]
+    if run.embedding.pretrained:
+        clashes.append(f"--embedding {run.embedding.embedding} (pretrained vectors only initialise a new model)")
+    if clashes:
+        raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
+                          f"drop those options or train a new model with --out")
+    corpus = saved["corpus"] if not corpus_given else {k: getattr(run.data, k) for k in _CORPUS_OPTIONS}
+    run.data = DataConfig(**{k: tok[k] for k in _TOKENIZER_OPTIONS},
+                          **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
+                          pretokenized=bool(corpus.get("pretokenized")), cache=run.data.cache)
+    return saved
+
+
+def read_corpus(corpus, data: DataConfig, saved: dict | None, progress: bool) -> Corpus:
+    if corpus is None and saved is not None:
+        corpus = saved["corpus"]["sources"]
+    if corpus is None:
+        raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
+    if isinstance(corpus, Corpus):
+        return corpus
+    return load_corpus(corpus, progress=progress, **{k: v for k, v in data.corpus_options().items() if v is not None})
+
+
+def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
+    """(tokenizer, {split: ids}, whether they came from the cache). Tokenised corpora (PTB, WikiText-2)
+    are word-level unless told otherwise."""
+    level = data.level or ("word" if corpus.pretokenized else "char")
+    settings = dict(level=level, max_vocab=data.max_vocab or (4096 if level == "bpe" else 20_000),
+                    min_freq=data.min_freq or 1, lowercase=bool(data.lowercase), pretokenized=corpus.pretokenized)
+    return tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
+                                    tokenizer=tokenizer, cache=data.cache, log=log)
+
+
+def default_out(corpus: Corpus, what: str) -> Path:
+    return Path("runs") / f"{corpus.name.replace(', ', '+').replace('/', '_')}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: str | None) -> dict:
+    """What config.json records of the data: enough to find the corpus again and to check it is the same."""
+    train_ids, valid_ids, test_ids = ids["train"], ids["valid"], ids["test"]
+    return {
+        "tokenizer": {"level": tokenizer.kind, "max_vocab": data.max_vocab or (4096 if tokenizer.kind == "bpe" else 20_000),
+                      "min_freq": data.min_freq or 1, "lowercase": bool(data.lowercase)},
+        "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": data.valid, "test": data.test,
+                   "valid_fraction": data.valid_fraction, "glob": data.glob, "encoding": data.encoding,
+                   "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
+                   "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
+                   "test_tokens": None if test_ids is None else len(test_ids)},
+        "command": command or "",
+    }
+
+
+def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, overwrite: bool, command, log):
+    from rnnlab.training.baselines import fit_baseline
+    out = checkpoint.prepare_out_dir(Path(out or default_out(corpus, run.baseline.model)), overwrite=overwrite)
+    log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
+        f"train {len(ids['train']):,} tokens | valid {0 if ids['valid'] is None else len(ids['valid']):,}")
+    b = run.baseline
+    log(f"model: {b.model} ({f'{b.states} states' if b.model == 'hmm' else f'order {b.order}'}) | writing to {out}")
+    train_config = TrainConfig(**run.train)
+    return fit_baseline(b.model, out, tokenizer, ids["train"], ids["valid"], ids["test"],
+                        run_record(corpus, tokenizer, ids, run.data, command), states=b.states, order=b.order,
+                        em_iterations=b.em_iterations, time_budget=train_config.time_budget, seed=train_config.seed,
+                        log=log)
+
+
+def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
+              overwrite: bool, progress: bool, command, log) -> LanguageModel:
+    # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
+    if saved is not None:
+        model_config = ModelConfig.from_dict(saved["model"])
+        train_config = TrainConfig(**{**saved["train"], **run.train})
+    else:
+        model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **run.model) if not run.embedding.pretrained \
+            else None
+        train_config = TrainConfig(**run.train)
+    record = run_record(corpus, tokenizer, ids, run.data, command or (saved or {}).get("command"))
+    if saved is not None and saved["corpus"].get("train_sha256") not in (None, record["corpus"]["train_sha256"]):
+        raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
+    vectors = None
+    if model_config is None:  # pretrained vectors set the embedding width unless --embed-dim says it
+        vectors = word_vectors(run.embedding, tokenizer, corpus, run.model, log, seed=train_config.seed)
+        model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **{"embed_dim": vectors.vector_size, **run.model})
+
+    # the output folder and the processes
+    pick_device(train_config.device)  # a device this machine lacks is refused before anything is written
+    world = distributed.init(train_config.device)
+    if world.active:
+        log = log if world.is_main else (lambda message: None)
+    if out is None:
+        if world.active:
+            raise RnnlabError("with several processes, pass --out (each process would otherwise pick its own folder)")
+        out = default_out(corpus, model_config.cell)
+    out = Path(out)
+    if saved is None:
+        if world.is_main:
+            checkpoint.prepare_out_dir(out, overwrite=overwrite)
+        elif (out / checkpoint.CONFIG).exists() and not overwrite:
+            raise RnnlabError(f"{out} already holds a model")  # rank 0 says it in full
+        distributed.barrier(world)
+
+    # the model
+    seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    device = distributed.device_for(world, pick_device(train_config.device))
+    net = RNNLM(model_config)
+    embedding_record = {"source": run.embedding.embedding or ("onehot" if model_config.input == "onehot" else "learned")}
+    if vectors is not None:
+        from rnnlab.models.embeddings import initialise
+        coverage = initialise(net.encoder.weight, tokenizer.vocab, vectors)
+        embedding_record.update(format=run.embedding.embedding_format, coverage=coverage)
+        log(f"embedding: {coverage['found']:,} of {coverage['total']:,} vocabulary entries found in the vectors "
+            f"({100 * coverage['found'] / coverage['total']:.1f}%); the others start at random with the same scale"
+            + (f", e.g. {', '.join(coverage['missing_examples'][:5])}" if coverage["missing_examples"] else ""))
+    lm = LanguageModel(net, tokenizer, {}, out).to(device)
+    if world.active:
+        torch.manual_seed(train_config.seed + world.rank)  # different dropout masks on different ranks
+    run_config = {"rnnlab_version": __version__, "model_type": "rnn", "model": model_config.to_dict(),
+                  "train": asdict(train_config), **record,
+                  "embedding": (saved or {}).get("embedding") or embedding_record}
+    lm.config = run_config
+
+    # the loop
+    trainer = Trainer(lm, ids["train"], ids["valid"], train_config, out, run_config, progress=progress, log=log,
+                      world=world)
+    if saved is not None:
+        last = checkpoint.resume_dir(out)
+        checkpoint.load_weights(net, last)
+        trainer.load_state_dict(checkpoint.load_state(last))
+        _truncate_metrics(out / checkpoint.METRICS, trainer.step)
+        log(f"resuming {out} from step {trainer.step} (epoch {trainer.epoch})")
+    else:
+        _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out)
+    try:
+        trainer.run()
+    except RuntimeError as e:
+        if not world.active:
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RnnlabError(f"rank {world.rank} of {world.size}: lost contact with the other processes ({first}); "
+                          f"the last checkpoint is in {out}") from None
+    distributed.barrier(world)
+    distributed.shutdown(world)
+    if not world.is_main:
+        return lm
+
+    # the end: the model a user gets is the best one, scored on one stream of valid and test
+    checkpoint.load_weights(net, out)
+    net.to(device).eval()
+    results = score_splits(lm, {"valid": ids["valid"], "test": ids["test"]}, log)
+    run_config.update(results=results, steps=trainer.step, train_seconds=round(trainer.elapsed, 1),
+                      stop_reason=trainer.stop_reason)
+    write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
+    write_text(out / checkpoint.CARD, rnn_card(run_config, lm))
+    return lm
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def word_vectors(embedding: EmbeddingConfig, tokenizer, corpus: Corpus, model_options: dict, log, *, seed: int):
+    """Pretrained vectors from a file, or word2vec vectors trained on the training split."""
+    from rnnlab.models import embeddings
+    if embedding.embedding != "word2vec":
+        vectors = embeddings.load_vectors(embedding.embedding, embedding.embedding_format)
+        given = model_options.get("embed_dim")
+        if given is not None and given != vectors.vector_size:
+            raise RnnlabError(f"{embedding.embedding} has {vectors.vector_size}-dimensional vectors but --embed-dim "
+                              f"is {given}; drop --embed-dim to use {vectors.vector_size}")
+        return vectors
+    dim = model_options.get("embed_dim", ModelConfig.__dataclass_fields__["embed_dim"].default)
+    ids = tokenizer.encode(corpus.train)
+    words = np.array(tokenizer.vocab, dtype=object)[ids]
+    if tokenizer.eos_id is not None and tokenizer.kind == "word":
+        cuts = np.flatnonzero(ids == tokenizer.eos_id) + 1        # sentences end at <eos>
+    else:
+        cuts = np.arange(100, len(ids), 100)                       # no sentences: windows of 100 tokens
+    sentences = [list(part) for part in np.split(words, cuts) if len(part)]
+    log(f"training {'skip-gram' if embedding.w2v_skipgram else 'CBOW'} word2vec ({dim} dims, window "
+        f"{embedding.w2v_window}, {embedding.w2v_epochs} epochs) on {len(ids):,} training tokens")
+    return embeddings.train_word2vec(sentences, dim=dim, skipgram=embedding.w2v_skipgram, window=embedding.w2v_window,
+                                     epochs=embedding.w2v_epochs, min_count=embedding.w2v_min_count, seed=seed)
+
+
+def rnn_card(config: dict, lm: LanguageModel) -> str:
+    model, loop = config["model"], config["train"]
+    embedding = "" if model["input"] == "onehot" else f" (embed {model['embed_dim']})"
+    return model_card(config, lm, title=f"rnnlab model: {model['layers']}x{model['hidden']} {model['cell'].upper()}",
+                      facts=[
+        f"model: {model['cell']}, {model['layers']} layer(s) of {model['hidden']}, input {model['input']}{embedding}, "
+        f"dropout {model['dropout']}, tied weights {model['tie_weights']}; {lm.net.num_parameters():,} parameters",
+        f"training: {loop['optimizer']} lr {loop['lr']} ({loop['schedule']}), batch {loop['batch_size']} x bptt "
+        f"{loop['bptt']}, clip {loop['clip']}; {config.get('steps', 0):,} steps in "
+        f"{config.get('train_seconds', 0) / 60:.1f} min ({config.get('stop_reason', '')})"])
+
+
+def _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out) -> None:
+    count = {split: 0 if ids[split] is None else len(ids[split]) for split in ("train", "valid", "test")}
+    log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | train {count['train']:,} "
+        f"tokens | valid {count['valid']:,} | test {count['test']:,}{' | tokens from the cache' if cached else ''}")
+    log(f"model: {model_config.layers}x{model_config.hidden} {model_config.cell} | input {model_config.input} | "
+        f"{net.num_parameters():,} parameters | device {device}")
+    log("config: " + " ".join(f"{k}={v}" for k, v in asdict(train_config).items() if v is not None))
+    if train_config.precision == "bf16" and device.type == "cpu" and model_config.cell == "lstm" \
+            and model_config.impl == "torch" and not cpu_lstm_runs_in_bf16():
+        log("note: this CPU has no bf16 LSTM kernel (oneDNN needs AVX512-BF16 or AMX): the LSTM layers run "
+            "in fp32, the embedding and softmax in bf16")
+    log(f"writing to {out}")
+
+
+def _sha256(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metrics logged after the checkpoint so the curve has no duplicate steps."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+    write_text(path, "".join(line + "\n" for line in kept))

@@ -1,0 +1,35 @@
+"""Documented recipes (README, "Results"): `--preset NAME` starts from one and the options a user
+gives override it. Torch-free: `rnnlab train --help` lists them."""
+
+from __future__ import annotations
+
+from rnnlab.errors import RnnlabError
+
+PRESETS: dict[str, dict] = {
+    # Zaremba, Sutskever & Vinyals 2014, "small" (non-regularised) PTB LSTM. Their loss is summed over
+    # 20 time steps, so their lr 1 and clip 5 are lr 20 and clip 0.25 on our mean loss.
+    "zaremba-small": dict(level="word", cell="lstm", layers=2, hidden=200, embed_dim=200, batch_size=20, bptt=20,
+                          optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
+                          decay_start=4, epochs=13),
+    # Tiny Shakespeare, char level, on 2 CPU cores (benchmarks/RESULTS.md): bf16 autocast runs a 2x384 LSTM as
+    # fast as fp32 runs a 2x256 one; a cosine schedule that ends with the budget; short budgets want a high lr
+    # and more, smaller steps.
+    "cpu-90s": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=32, bptt=128,
+                    optimizer="adamw", lr=1e-2, schedule="cosine", warmup=20, clip=1.0, precision="bf16",
+                    eval_every=250, time_budget=1.5),
+    "cpu-5min": dict(level="char", cell="lstm", layers=2, hidden=384, embed_dim=128, batch_size=32, bptt=128,
+                     optimizer="adamw", lr=6e-3, schedule="cosine", warmup=50, clip=1.0, precision="bf16",
+                     eval_every=500, time_budget=5.0),
+    "cpu-20min": dict(level="char", cell="lstm", layers=2, hidden=512, embed_dim=128, dropout=0.25, batch_size=64,
+                      bptt=128, optimizer="adamw", lr=4e-3, weight_decay=0.01, schedule="cosine", warmup=50,
+                      clip=1.0, precision="bf16", eval_every=500, time_budget=20.0),
+}
+
+
+def apply_preset(name: str | None, options: dict) -> dict:
+    """The preset's settings under the given options (the given ones win)."""
+    if name is None:
+        return dict(options)
+    if name not in PRESETS:
+        raise RnnlabError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[name], **options}
