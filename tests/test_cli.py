@@ -176,7 +176,7 @@ def test_gradients_clipping_experiment_diverges_only_without_clipping(tmp_path):
 
 
 def test_longrange_writes_the_documented_csv(tmp_path):
-    result = cli("longrange", "--task", "adding", "--cells", "rnn,gru", "--lengths", "10", "--steps", "20",
+    result = cli("longrange", "--task", "adding", "--cell", "rnn,gru", "--lengths", "10", "--steps", "20",
                  "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     rows = (tmp_path / "longrange.csv").read_text().splitlines()

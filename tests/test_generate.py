@@ -146,3 +146,11 @@ def test_batched_generation_steps_every_stream_like_the_module(cell):
             logits, _, _ = net(seq)
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(seq[:, 6:], new)
+
+
+def test_sampling_gives_the_network_back_in_the_mode_it_had():
+    lm = char_lm()
+    for training in (True, False):
+        lm.net.train(training)
+        lm.generate("ab", length=5, seed=0)
+        assert lm.net.training is training

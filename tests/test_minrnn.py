@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from rnnlab.errors import RnnlabError
 from rnnlab.models import minrnn
 from rnnlab.models.minrnn import GATES, MinGRU, MinLSTM
 
@@ -197,5 +198,5 @@ def test_minlstm_normalised_gates_stay_finite_when_f_and_i_underflow():
 
 def test_wrong_hidden_state_shape_is_a_clear_error():
     module = MinGRU(I, H, 2)
-    with pytest.raises(ValueError, match=r"hidden state of shape \(2, 3, 5\)"):
+    with pytest.raises(RnnlabError, match=r"hidden state of shape \(2, 3, 5\)"):
         module(torch.randn(B, T, I), torch.zeros(1, B, H))

@@ -40,12 +40,13 @@ tested (tests/test_hmm.py).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from rnnlab.baselines.streams import is_single_stream
 from rnnlab.errors import RnnlabError
 
 
@@ -233,7 +234,7 @@ class HMM(nn.Module):
                     ┌───────┐┌───────┐┌───────┐
             rows    a b c d  e f g h  i j - -    each row starts afresh from pi
         """
-        streams = [sequences] if _is_single_stream(sequences) else list(sequences)
+        streams = [sequences] if is_single_stream(sequences) else list(sequences)
         rows = []
         for stream in streams:
             ids = self._as_ids(stream, ndim=(1,)).cpu()
@@ -276,7 +277,7 @@ class HMM(nn.Module):
 
     @torch.inference_mode()
     def fit(self, sequences, iterations: int = 10, *, chunk: int = 256, batch_size: int = 512,
-            pseudocount: float = 1e-3, verbose: bool = False) -> list[float]:
+            pseudocount: float = 1e-3, log: Callable[[str], None] | None = None) -> list[float]:
         """Baum-Welch EM on a token stream (1-D ids) or a list of streams.
 
         Streams are cut into chunks of `chunk` tokens, each an independent sequence (see the module
@@ -312,12 +313,6 @@ class HMM(nn.Module):
                 # a state nobody visited (possible only with pseudocount 0) keeps its old row: it
                 # does not affect the likelihood, and 0/0 would poison everything with NaN
                 log_p.copy_(torch.where(total > 0, count.log() - total.log(), log_p))
-            if verbose:
-                print(f"iteration {iteration + 1:3d} | train loss {-log_likelihood / tokens:.4f} nats/token")
+            if log is not None:
+                log(f"iteration {iteration + 1:3d} | train loss {-log_likelihood / tokens:.4f} nats/token")
         return history
-
-
-def _is_single_stream(sequences) -> bool:
-    if torch.is_tensor(sequences) or isinstance(sequences, np.ndarray):
-        return sequences.ndim == 1
-    return not (isinstance(sequences, Sequence) and len(sequences) and not np.isscalar(sequences[0]))

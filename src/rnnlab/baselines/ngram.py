@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rnnlab.baselines.streams import is_single_stream
 from rnnlab.errors import RnnlabError
 
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -82,7 +83,7 @@ class KneserNey:
     def fit(self, streams) -> KneserNey:
         """Count the n-grams of a token stream (1-D ids) or a list of streams; no n-gram crosses from
         one stream into the next."""
-        streams = [np.asarray(streams)] if _is_single_stream(streams) else [np.asarray(s) for s in streams]
+        streams = [np.asarray(streams)] if is_single_stream(streams) else [np.asarray(s) for s in streams]
         streams = [s.astype(np.int64).reshape(-1) for s in streams if len(s)]
         if not streams:
             raise RnnlabError("no tokens to fit the n-gram model on")
@@ -259,9 +260,3 @@ def _shift(gram: np.ndarray) -> np.ndarray:
     out = np.empty_like(gram)
     out[0], out[1:] = -1, gram[:-1]
     return out
-
-
-def _is_single_stream(streams) -> bool:
-    if isinstance(streams, np.ndarray):
-        return streams.ndim == 1
-    return not (isinstance(streams, Sequence) and len(streams) and not np.isscalar(streams[0]))

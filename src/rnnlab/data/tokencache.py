@@ -45,11 +45,12 @@ def entry_dir(key: str) -> Path:
 
 
 def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, tokenizer=None, cache: bool = True,
-                  log=print):
+                  log=None):
     """(tokenizer, {split: int64 ids or None}, whether they came from the cache) for the corpus.
 
     `fit()` builds the tokenizer on a miss when none is given; `settings` are what `fit` depends on.
     """
+    log = log or (lambda message: None)
     if tokenizer is not None:
         settings = {"tokenizer": tokenizer.to_dict()}
     key = corpus_key(corpus, settings) if cache else None

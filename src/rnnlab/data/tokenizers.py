@@ -37,7 +37,7 @@ class CharTokenizer:
 
     def __init__(self, vocab: list[str]):
         if vocab[0] != UNK:
-            raise ValueError("a char vocabulary starts with <unk>")
+            raise RnnlabError("a char vocabulary starts with <unk>")
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id = 0
@@ -96,9 +96,9 @@ class WordTokenizer:
 
     def __init__(self, vocab: list[str], *, lowercase: bool = False, split: str = "words"):
         if vocab[:2] != [UNK, EOS]:
-            raise ValueError("a word vocabulary starts with <unk>, <eos>")
+            raise RnnlabError("a word vocabulary starts with <unk>, <eos>")
         if split not in ("words", "whitespace"):
-            raise ValueError(f"unknown split {split!r}")
+            raise RnnlabError(f"unknown split {split!r}")
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id, self.eos_id = 0, 1

@@ -14,7 +14,7 @@ import torch
 
 from rnnlab.data.batching import batchify, windows
 from rnnlab.errors import RnnlabError
-from rnnlab.models.rnnlm import detach
+from rnnlab.models.rnnlm import detach, evaluating
 
 
 @torch.inference_mode()
@@ -29,15 +29,13 @@ def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
         raise RnnlabError(f"the evaluation text has {len(ids)} tokens, too few for {batch_size} streams")
     rank, world = shard
     data = data[rank * batch_size // world:(rank + 1) * batch_size // world].to(device)
-    was_training = net.training
-    net.eval()
     total, count, hidden = torch.zeros((), dtype=torch.float64, device=device), 0, None
-    for _, x, y in windows(data, chunk):
-        _, loss, hidden = net(x, hidden, targets=y)                         # mean over the window
-        total += loss.double() * y.numel()
-        count += y.numel()
-        hidden = detach(hidden)
-    net.train(was_training)
+    with evaluating(net):
+        for _, x, y in windows(data, chunk):
+            _, loss, hidden = net(x, hidden, targets=y)                     # mean over the window
+            total += loss.double() * y.numel()
+            count += y.numel()
+            hidden = detach(hidden)
     return total.item(), count
 
 

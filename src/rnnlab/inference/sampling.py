@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from rnnlab.errors import RnnlabError
+from rnnlab.models.rnnlm import evaluating
 
 
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
@@ -159,13 +160,13 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
                generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Yield `steps` new tokens, each (B,), continuing the prompt (B, T)."""
     check_sampling(temperature, top_k, top_p)
-    net.eval()
-    logits, _, hidden = net(prompt)                                          # the prompt in one fused call
-    logits = logits[:, -1]                                                   # (B, V)
-    stepper = Stepper(net)
-    state = stepper.begin(hidden)
-    for _ in range(steps):
-        token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                           greedy=greedy, generator=generator)
-        yield token
-        logits, state = stepper.step(token, state)
+    with evaluating(net):                                                    # no dropout; the mode comes back after
+        logits, _, hidden = net(prompt)                                      # the prompt in one fused call
+        logits = logits[:, -1]                                               # (B, V)
+        stepper = Stepper(net)
+        state = stepper.begin(hidden)
+        for _ in range(steps):
+            token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                               greedy=greedy, generator=generator)
+            yield token
+            logits, state = stepper.step(token, state)

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rnnlab.errors import RnnlabError
+from rnnlab.models.registry import CELLS, CLASSIC
 
 Tensor = torch.Tensor
 
@@ -80,7 +81,7 @@ def gru_step(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih
 
 
 # cell name -> gates per unit (rows of weight_ih per hidden unit)
-GATES = {"rnn": 1, "rnn-relu": 1, "lstm": 4, "gru": 3}
+GATES = {name: CELLS[name].gates for name in CLASSIC}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class ExplicitRNN(nn.Module):
             hx = (zeros, zeros) if lstm else zeros
         for s in (hx if lstm else (hx,)):
             if s.shape != (self.num_layers, B, self.hidden_size):
-                raise RuntimeError(f"expected hidden state of shape {(self.num_layers, B, self.hidden_size)}, "
+                raise RnnlabError(f"expected hidden state of shape {(self.num_layers, B, self.hidden_size)}, "
                                    f"got {tuple(s.shape)}")
         hiddens, h_n, c_n = [], [], []
         layer_input = xs

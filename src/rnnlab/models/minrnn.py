@@ -45,13 +45,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from rnnlab.errors import RnnlabError
+from rnnlab.models.registry import CELLS, SCAN
+
 Tensor = torch.Tensor
 
 # cell -> gates per unit; rows of weight_ih_l{k} are stacked in this order
-GATES = {
-    "mingru": 2,    # [W_z; W_h]
-    "minlstm": 3,   # [W_f; W_i; W_h]
-}
+GATES = {name: CELLS[name].gates for name in SCAN}  # mingru: [W_z; W_h], minlstm: [W_f; W_i; W_h]
 
 # Time steps are taken in blocks of about this many numbers per (T, B, H) tensor (1 MiB of
 # float32): small enough for a block's gates to stay in cache from the matmul that makes them to
@@ -194,9 +194,9 @@ class MinRNN(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+            raise RnnlabError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise RnnlabError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout = batch_first, dropout
         rows = GATES[self.cell] * hidden_size
@@ -217,12 +217,12 @@ class MinRNN(nn.Module):
         """x (B, T, I) ((T, B, I) if not batch_first), h (layers, B, H) or None (zeros)
         -> out (B, T, H) ((T, B, H) if not batch_first), h_n (layers, B, H)."""
         if x.dim() != 3:
-            raise ValueError(f"{type(self).__name__} expects a batched 3-D input, got shape {tuple(x.shape)}")
+            raise RnnlabError(f"{type(self).__name__} expects a batched 3-D input, got shape {tuple(x.shape)}")
         if self.batch_first:
             x = x.transpose(0, 1)                                             # (T, B, I)
         expected = (self.num_layers, x.size(1), self.hidden_size)
         if exists(h) and h.shape != expected:
-            raise ValueError(f"expected a hidden state of shape {expected}, got {tuple(h.shape)}")
+            raise RnnlabError(f"expected a hidden state of shape {expected}, got {tuple(h.shape)}")
         finals = []
         for k in range(self.num_layers):
             if k > 0:

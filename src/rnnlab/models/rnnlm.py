@@ -9,6 +9,8 @@ ATen on CPUs) do the work. A vanilla RNN layer computes `h_t = tanh(W x_t + U h_
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -130,6 +132,18 @@ def cpu_lstm_runs_in_bf16() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (dropout off) inside the block; afterwards the mode the network had before.
+    Whoever switches a network to eval mode gives it back: nothing patches the mode afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 def detach(hidden):

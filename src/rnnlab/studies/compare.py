@@ -71,9 +71,10 @@ def prefix(text: str, tokenizer, tokens: int) -> str:
 
 
 def study(sources, models: str, sizes: str, out: str | Path, *, level: str | None = None,
-          time_budget: float | None = 2.0, corpus_options: dict | None = None, log=print) -> list[dict]:
+          time_budget: float | None = 2.0, corpus_options: dict | None = None, log=None) -> list[dict]:
     """`rnnlab compare`: parse the specs, read the corpus, train and score every model on every size,
     and write compare.csv, compare.md and compare.png into `out`."""
+    log = log or (lambda message: None)
     from rnnlab.data.corpus import load_corpus
     from rnnlab.studies.plots import plot_compare
     parsed_models, parsed_sizes = parse_models(models), parse_sizes(sizes)
@@ -89,8 +90,9 @@ def study(sources, models: str, sizes: str, out: str | Path, *, level: str | Non
 
 
 def run(corpus: Corpus, tokenizer, models: list[tuple[str, dict]], sizes: list[int], out: Path, *,
-        time_budget: float | None = 2.0, log=print) -> list[dict]:
+        time_budget: float | None = 2.0, log=None) -> list[dict]:
     """Train every model on every prefix; return rows with the COLUMNS keys."""
+    log = log or (lambda message: None)
     from rnnlab.training.pipeline import train
 
     if not corpus.valid:

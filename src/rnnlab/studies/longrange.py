@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from rnnlab.errors import RnnlabError
 from rnnlab.files import write_text
 from rnnlab.models.registry import COMPARED
+from rnnlab.models.rnnlm import evaluating
 
 Tensor = torch.Tensor
 
@@ -252,10 +253,8 @@ def train_one(task, cell: str, length: int, *, steps: int, batch_size: int, hidd
 
 @torch.no_grad()
 def evaluate(model: SequenceModel, task, x: Tensor, target: Tensor) -> float:
-    model.eval()
-    value = task.score(model(x), target)
-    model.train()
-    return value
+    with evaluating(model):
+        return task.score(model(x), target)
 
 
 def run(task: str, cells=COMPARED, lengths=None, *, steps: int | None = None, batch_size: int = 64,

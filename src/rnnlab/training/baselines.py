@@ -38,8 +38,9 @@ def _initial_hmm(states: int, train_ids: np.ndarray, vocab_size: int, seed: int)
 
 def fit_baseline(kind: str, out: Path, tokenizer, train_ids: np.ndarray, valid_ids: np.ndarray | None,
                    test_ids: np.ndarray | None, run_config: dict, *, states: int = 64, order: int = 5,
-                   em_iterations: int = 20, time_budget: float | None = None, seed: int = 1337, log=print) -> TextModel:
+                   em_iterations: int = 20, time_budget: float | None = None, seed: int = 1337, log=None) -> TextModel:
     """Fit an HMM or an n-gram model on `train_ids`, save it in `out` and return it."""
+    log = log or (lambda message: None)
     start = time.perf_counter()
     metrics = []
     if kind == "hmm":
