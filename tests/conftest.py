@@ -133,3 +133,13 @@ def refused(result, pattern: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnnlab: error:"), result.stderr
     assert re.search(pattern, lines[0]), lines[0]
+
+
+# The longest tests start first, so that under pytest-xdist the short ones fill in around them instead of
+# one long test running alone at the end.
+SLOW_FIRST = ("test_distributed.py", "test_reliability.py", "test_readme.py", "test_baselines.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: module order kept

@@ -146,3 +146,9 @@ def test_interrupted_download_leaves_no_half_file(mirror, tmp_path, monkeypatch)
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "c"))
     assert cache_dir() == Path(tmp_path / "c")
+
+
+def test_tail_split_of_prose_with_one_paragraph_per_line_keeps_a_validation_tail():
+    text = "".join("word " * 399 + "end\n" for _ in range(4))           # four 2,000-character lines
+    train, valid = tail_split(text, 0.1)
+    assert train + valid == text and 0.05 < len(valid) / len(text) < 0.15

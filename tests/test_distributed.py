@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("torchrun")  # one worker: the 2-process run is made once
+
 import rnnlab
 from conftest import cli, metrics, shakespeare, tiny_args, train_losses
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +111,14 @@ def test_cli_reports_the_cache_and_no_cache_skips_it(tmp_path, text_file):
         assert result.returncode == 0, result.stderr
         outputs.append("tokens from the cache" in result.stderr)
     assert outputs == [False, True, False]
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "in /proc"])
+def test_an_unwritable_cache_costs_speed_not_the_run(tmp_path, monkeypatch, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cache = {"a file": blocker, "below a file": blocker / "sub", "in /proc": "/proc/rnnlab-nope"}[where]
+    monkeypatch.setenv("RNNLAB_CACHE", str(cache))
+    lm = train(corpus(), tmp_path / "m", hidden=16, embed_dim=8, layers=1, batch_size=4, bptt=16, max_steps=2,
+               progress=False, log=lambda m: None)
+    assert lm.config["steps"] == 2 and blocker.read_text() == "x"

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import rnnlab
 from conftest import DATA, QUIET, metrics, shakespeare, train_losses
@@ -186,3 +187,12 @@ def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():
     recipe = PRESETS["cpu-5min"]
     assert recipe["precision"] == "bf16" and recipe["time_budget"] == 5.0 and recipe["hidden"] == 384
     TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
+
+
+def test_without_a_validation_split_the_saved_model_is_the_latest_not_the_untrained_one(tmp_path):
+    text = shakespeare(20_000)
+    rnnlab.train(Corpus("no-valid", text), tmp_path / "m", max_steps=12, eval_every=5, **TINY)
+    saved, last = rnnlab.load(tmp_path / "m"), rnnlab.load(tmp_path / "m" / "last")
+    for (name, a), (_, b) in zip(saved.net.state_dict().items(), last.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["steps"] == 12

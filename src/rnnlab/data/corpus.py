@@ -95,12 +95,13 @@ def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8
 
 
 def tail_split(text: str, fraction: float) -> tuple[str, str]:
-    """Split off the last `fraction` of the text as a contiguous tail, at a line boundary if one is near."""
+    """Split off the last `fraction` of the text as a contiguous tail, at a line boundary if one is near
+    and leaves text after it; otherwise inside the line (prose with one paragraph per line, say)."""
     if not 0.0 < fraction < 1.0:
         raise RnnlabError(f"--valid-fraction must be between 0 and 1, got {fraction}")
     cut = int(len(text) * (1.0 - fraction))
     newline = text.find("\n", cut)
-    if newline != -1 and newline - cut < 1000:
+    if newline != -1 and newline - cut < 1000 and text[newline + 1:].strip():
         cut = newline + 1
     return text[:cut], text[cut:]
 

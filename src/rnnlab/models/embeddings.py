@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import atomic_write
 
 FORMATS = ("glove", "word2vec", "word2vec-binary")
 
@@ -109,4 +110,4 @@ def export(weight: torch.Tensor, vocab: list[str], path: str | Path) -> None:
 
     vectors = KeyedVectors(vector_size=weight.size(1))
     vectors.add_vectors(vocab, weight.detach().float().cpu().numpy())
-    vectors.save_word2vec_format(str(path), binary=False)
+    atomic_write(path, lambda tmp: vectors.save_word2vec_format(tmp, binary=False))

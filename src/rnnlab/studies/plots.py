@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from rnnlab.errors import RnnlabError
+from rnnlab.files import atomic_write
 from rnnlab.models.registry import CELLS
 from rnnlab.studies.gradients import first_divergence
 from rnnlab.studies.longrange import TASKS
@@ -32,7 +33,7 @@ def _figure(panels: int = 1, *, width: float = 7.0, height: float = 4.5):
 def _save(fig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def plot_gradient_norms(result: dict[str, list[float]], path: str | Path, *, title: str | None = None) -> None:

@@ -314,6 +314,9 @@ def _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, 
             and model_config.impl == "torch" and not cpu_lstm_runs_in_bf16():
         log("note: this CPU has no bf16 LSTM kernel (oneDNN needs AVX512-BF16 or AMX): the LSTM layers run "
             "in fp32, the embedding and softmax in bf16")
+    if ids["valid"] is None:
+        log("note: no validation text, so no best checkpoint to choose: the model saved is the latest one "
+            "(pass --valid FILE or --valid-fraction F to keep the best)")
     log(f"writing to {out}")
 
 

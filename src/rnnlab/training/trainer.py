@@ -257,6 +257,7 @@ class Trainer:
 
     def validate(self) -> float | None:
         if self.valid_ids is None:
+            self.save_best()  # nothing to choose the best by: the model directory holds the latest model
             return None
         total, count = stream_sums(self.lm.net, self.valid_ids, batch_size=self.cfg.eval_batch_size,
                                    device=self.device, shard=(self.world.rank, self.world.size))
