@@ -30,3 +30,19 @@ def test_use_from_python_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "quick" / "model.safetensors").is_file()
     assert printed.startswith("LanguageModel(1x64 lstm, char level")
     assert "Return the " in printed and "'perplexity'" in printed
+
+
+def test_the_module_map_names_every_module_of_the_tree_and_nothing_else():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```\nsrc/rnnlab/\n", 1)[1].split("```", 1)[0]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        if re.match(r"  \w+/", line):
+            folder = re.match(r"  (\w+)/", line).group(1) + "/"
+        elif re.match(r"  \w+\.py", line):
+            folder = ""
+        named |= {folder + name for name in re.findall(r"\b(\w+\.py)\b", line)}
+    package = REPO / "src" / "rnnlab"
+    tree = {p.relative_to(package).as_posix() for p in package.rglob("*.py")
+            if p.name not in ("__init__.py", "__main__.py")}
+    assert named == tree

@@ -138,6 +138,9 @@ def test_train_config_validates_options():
     with pytest.raises(RnnlabError, match="--bptt must be at least 1"):
         TrainConfig(bptt=0)
     assert TrainConfig().epochs == 10  # some limit always applies
+    from rnnlab.training.config import DataConfig
+    with pytest.raises(RnnlabError, match="--valid-fraction must be between 0 and 1, got 0"):
+        DataConfig(valid_fraction=0)      # was silently 0.1
 
 
 def test_word_level_training_and_generation(tmp_path):
