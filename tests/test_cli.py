@@ -34,6 +34,13 @@ def test_generate_is_reproducible_with_seed_and_writes_out_file(tiny_model, tmp_
     assert (tmp_path / "o.txt").read_text().strip() == first.stdout.strip()
 
 
+def test_generate_out_is_not_created_when_generation_fails(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    refused(cli("generate", tmp_path / "not-a-model", "--out", tmp_path / "o.txt"), "not a model directory")
+    assert not (tmp_path / "o.txt").exists()
+    refused(cli("generate", tmp_path / "not-a-model", "--out", tmp_path / "missing" / "o.txt"), "cannot write --out")
+
+
 def test_num_samples(tiny_model):
     result = cli("generate", tiny_model, "--length", "20", "--num-samples", "3", "--seed", "1")
     assert result.returncode == 0 and result.stdout.count("-" * 40) == 2

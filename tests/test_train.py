@@ -141,6 +141,11 @@ def test_train_config_validates_options():
     from rnnlab.training.config import DataConfig
     with pytest.raises(RnnlabError, match="--valid-fraction must be between 0 and 1, got 0"):
         DataConfig(valid_fraction=0)      # was silently 0.1
+    for bad, message in ((dict(lr_floor=-2), "--lr-floor"), (dict(weight_decay=float("nan")), "--weight-decay"),
+                         (dict(momentum=-1), "--momentum"), (dict(lr=float("inf")), "--lr"),
+                         (dict(lr_decay=0), "--lr-decay"), (dict(warmup=-1), "--warmup")):
+        with pytest.raises(RnnlabError, match=message):
+            TrainConfig(**bad)
 
 
 def test_word_level_training_and_generation(tmp_path):
@@ -199,3 +204,12 @@ def test_without_a_validation_split_the_saved_model_is_the_latest_not_the_untrai
     for (name, a), (_, b) in zip(saved.net.state_dict().items(), last.net.state_dict().items()):
         assert torch.equal(a, b), name
     assert json.loads((tmp_path / "m" / "config.json").read_text())["steps"] == 12
+
+
+def test_resume_continues_in_the_model_directory_itself(tmp_path):
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=2, **TINY)
+    with pytest.raises(RnnlabError, match=r"latest checkpoint inside .*; resume with --resume .*m$"):
+        rnnlab.train(resume=tmp_path / "m" / "last", max_steps=4, progress=False)
+    with pytest.raises(RnnlabError, match="drop --out"):
+        rnnlab.train(resume=tmp_path / "m", out=tmp_path / "elsewhere", max_steps=4, progress=False)
+    assert not (tmp_path / "m" / "last" / "last").exists() and not (tmp_path / "elsewhere").exists()

@@ -45,9 +45,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)  # after writing: a writer that recreates the file (safetensors) makes it 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -103,11 +104,11 @@ def generate_command(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_k, args.top_p)  # before the (slower) model load
     if args.num_samples < 1:
         raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.out:
-        try:
-            open(args.out, "a").close()
-        except OSError as e:
-            raise RnnlabError(f"cannot write --out {args.out}: {e.strerror}") from None
+    if args.out:  # checked before anything runs; the file itself is written only once the text exists
+        target = Path(args.out)
+        if target.is_dir() or not os.access(target.parent if str(target.parent) else ".", os.W_OK):
+            raise RnnlabError(f"cannot write --out {args.out}: "
+                              f"{'it is a folder' if target.is_dir() else 'its folder is missing or not writable'}")
     lm = load(args.model, device=args.device)
     texts = []
     for i in range(args.num_samples):

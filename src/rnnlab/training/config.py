@@ -5,6 +5,7 @@ train`; each field's help is the command line's. Torch-free, like the help it fe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from rnnlab.errors import RnnlabError
@@ -66,8 +67,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise RnnlabError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise RnnlabError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.lr_floor <= 1:
+            raise RnnlabError(f"--lr-floor is a fraction of --lr in [0, 1], got {self.lr_floor}")
+        if not 0 < self.lr_decay <= 1:
+            raise RnnlabError(f"--lr-decay is a multiplier in (0, 1], got {self.lr_decay}")
+        for name in ("warmup", "decay_start"):
+            if getattr(self, name) < 0:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.clip is not None and not self.clip > 0:
             raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
         if self.time_budget is not None and not self.time_budget > 0:

@@ -79,7 +79,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     run = Options.from_kwargs(preset, options)
     saved = None
     if resume is not None:
-        out = Path(resume)
+        out = resume_dir(resume, out)
         saved = reconcile_resume(out, run, corpus_given=corpus is not None)
     corpus = read_corpus(corpus, run.data, saved, progress)
     if saved is not None:
@@ -93,6 +93,18 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
 
 # ---------------------------------------------------------------------------------------------
 # stages
+
+
+def resume_dir(resume: str | Path, out: str | Path | None) -> Path:
+    """The model directory a resume continues in: the one given, itself (not its last/ checkpoint)."""
+    resume = Path(resume)
+    if resume.name == checkpoint.LAST and (resume.parent / checkpoint.CONFIG).is_file():
+        raise RnnlabError(f"{resume} is the latest checkpoint inside {resume.parent}; resume with --resume "
+                          f"{resume.parent}")
+    if out is not None and Path(out).resolve() != resume.resolve():
+        raise RnnlabError(f"--resume continues the run in {resume} itself; drop --out {out} (or copy the folder "
+                          f"and resume the copy)")
+    return resume
 
 
 def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
