@@ -105,7 +105,8 @@ def test_out_dir_with_a_model_is_never_clobbered(tmp_path):
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
 
 
-def test_every_file_of_a_model_directory_gets_the_same_permissions(tmp_path):
+def test_every_file_of_a_model_directory_gets_the_permissions_open_would_give(tmp_path):
+    from rnnlab.files import FILE_MODE                  # 0666 less the umask
     make_dir(tmp_path / "m")
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir() if p.is_file()}
-    assert len(set(modes.values())) == 1, modes  # safetensors alone used to come out 0600
+    assert set(modes.values()) == {FILE_MODE}, modes   # safetensors alone used to come out 0600
