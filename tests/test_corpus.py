@@ -152,3 +152,18 @@ def test_tail_split_of_prose_with_one_paragraph_per_line_keeps_a_validation_tail
     text = "".join("word " * 399 + "end\n" for _ in range(4))           # four 2,000-character lines
     train, valid = tail_split(text, 0.1)
     assert train + valid == text and 0.05 < len(valid) / len(text) < 0.15
+
+
+def test_utf16_text_is_named_with_the_option_to_read_it(tmp_path):
+    path = tmp_path / "utf16.txt"
+    path.write_text("ROMEO: hello\n", encoding="utf-16")
+    with pytest.raises(RnnlabError, match="looks like UTF-16 .*--encoding utf-16"):
+        read_sources([str(path)])
+    assert read_sources([str(path)], encoding="utf-16") == "ROMEO: hello\n"
+
+
+def test_a_pipe_is_refused_as_not_a_regular_file(tmp_path):
+    import os
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(RnnlabError, match="not a regular file"):
+        read_sources([str(tmp_path / "pipe")])

@@ -77,3 +77,23 @@ def test_parallel_streams_score_every_token_except_each_streams_first():
 def test_summary_of_a_huge_loss_does_not_overflow():
     assert summarize(1000.0, 5)["perplexity"] == math.exp(700)
     assert summarize(0.0, 5) == {"loss": 0.0, "perplexity": 1.0, "bits_per_token": 0.0, "tokens": 5}
+
+
+def test_a_named_file_is_scored_whole_unless_a_split_is_asked_for(tiny_model, tmp_path):
+    lm = rnnlab.load(tiny_model)
+    text = "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n" * 30
+    (tmp_path / "held-out.txt").write_text(text)
+    whole = rnnlab.evaluate(lm, [str(tmp_path / "held-out.txt")])
+    assert whole == pytest.approx(lm.evaluate(text)) and whole["tokens"] == len(text) - 1
+    tail = rnnlab.evaluate(lm, [str(tmp_path / "held-out.txt")], split="valid", progress=False)
+    assert tail["tokens"] < 0.2 * whole["tokens"]
+
+
+def test_the_models_own_corpus_must_still_be_the_text_it_was_trained_on(tmp_path):
+    from conftest import QUIET, TINY, shakespeare
+    (tmp_path / "book.txt").write_text(shakespeare(20_000))
+    rnnlab.train(str(tmp_path / "book.txt"), tmp_path / "m", max_steps=2, **TINY, **QUIET)
+    assert rnnlab.evaluate(tmp_path / "m")["tokens"] > 1000
+    (tmp_path / "book.txt").write_text(shakespeare(40_000)[20_000:])   # another text under the same name
+    with pytest.raises(RnnlabError, match="is not the text .* was trained on"):
+        rnnlab.evaluate(tmp_path / "m")

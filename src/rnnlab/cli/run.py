@@ -56,7 +56,8 @@ def evaluate_parser(sub) -> None:
                                    "reading the text as one stream.")
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("corpus", nargs="*", metavar="CORPUS", help="corpus (default: the model's own)")
-    p.add_argument("--split", choices=["train", "valid", "test"], default="valid", help="which split (default: valid)")
+    p.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                   help="which split (default: the whole of CORPUS when one is given; valid of the model's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     add_config_flags(p.add_argument_group("corpus"), DataConfig, only=CORPUS_FLAGS)
@@ -72,7 +73,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     unit = "character" if lm.tokenizer.kind == "char" else "token"
-    print(f"split:            {args.split}")
+    print(f"text:             {args.split or 'valid'} split of the model's corpus" if not args.corpus else
+          f"text:             {args.split + ' split of ' if args.split else 'all of '}{', '.join(args.corpus)}")
     print(f"tokens:           {result['tokens']:,}")
     print(f"loss:             {result['loss']:.4f} nats/{unit}")
     print(f"perplexity:       {result['perplexity']:.2f}")

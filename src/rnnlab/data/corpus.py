@@ -47,6 +47,8 @@ def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:
     """Bytes -> text with LF line ends; a clear RnnlabError for binary or mis-encoded input."""
     nul = data.find(b"\x00")
     if nul != -1 and encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1", "cp1252"):
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise RnnlabError(f"{name} looks like UTF-16 text (it starts with a byte-order mark); pass --encoding utf-16")
         raise RnnlabError(f"{name} looks like a binary file (NUL byte at offset {nul}); give a text file")
     try:
         text = data.decode(encoding)
@@ -73,6 +75,8 @@ def find_files(source: str, glob: str = "*.txt") -> list[Path]:
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
+    if path.exists() and not path.is_dir():
+        raise RnnlabError(f"{source} is not a regular file or a folder (a pipe or a device?); give a text file")
     if path.is_dir():
         files = sorted(p for p in path.rglob(glob) if p.is_file())
         if not files:

@@ -30,6 +30,12 @@ FORMAT = 1  # bump when tokenisation itself changes, so old entries are not reus
 SPLITS = ("train", "valid", "test")
 
 
+def ids_sha256(ids: np.ndarray) -> str:
+    """The fingerprint of a token stream that config.json records (`train_sha256`): a resume, or an
+    evaluation on the model's own corpus, checks that the text is still the one it was trained on."""
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
+
+
 def corpus_key(corpus: Corpus, settings: dict) -> str:
     digest = hashlib.sha256(json.dumps({"format": FORMAT, **settings}, sort_keys=True).encode())
     for name in SPLITS:

@@ -2,34 +2,57 @@
 
 from __future__ import annotations
 
-from rnnlab.data.corpus import Corpus, load_corpus
+from rnnlab.data.corpus import NAMED, Corpus, load_corpus, read_sources
+from rnnlab.data.tokencache import ids_sha256
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.lm import TextModel
 from rnnlab.inference.loading import load
 
 
-def evaluate(model, corpus=None, *, split: str = "valid", text: str | None = None, progress: bool = True,
+def evaluate(model, corpus=None, *, split: str | None = None, text: str | None = None, progress: bool = True,
              **corpus_options) -> dict:
-    """Evaluate a model (a loaded model or a model directory) on one split, as one stream.
+    """Evaluate a model (a loaded model or a model directory) on text read as one stream.
 
-    The text comes from `text` if given, else from `corpus` (a named corpus, paths, or a `Corpus`),
-    else from the corpus the model was trained on, as recorded in its config.json.
+    The text is `text` if given; else the whole of `corpus` (files or folders: a held-out file is
+    scored entire) or, with `split`, that split of it (named corpora and --valid/--test files have
+    their own splits, and valid is their default); else `split` (default valid) of the corpus the
+    model was trained on, as config.json records it, after checking it is still that text.
     """
     lm = model if isinstance(model, TextModel) else load(model)
-    if text is None:
-        if corpus is None:
-            saved = lm.config.get("corpus") or {}
-            if not saved.get("sources"):
-                raise RnnlabError("the model does not record its corpus; pass a corpus to evaluate on")
-            corpus = saved["sources"]
-            for key in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized"):
-                corpus_options.setdefault(key, saved.get(key))
-        if not isinstance(corpus, Corpus):
-            corpus = load_corpus(corpus, progress=progress,
-                                 **{k: v for k, v in corpus_options.items() if v is not None})
-        if split not in ("train", "valid", "test"):
-            raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
-        text = getattr(corpus, split)
-        if not text:
-            raise RnnlabError(f"the corpus {corpus.name} has no {split} split; pass --{split} FILE")
-    return lm.evaluate(text)
+    if text is not None:
+        return lm.evaluate(text)
+    if split is not None and split not in ("train", "valid", "test"):
+        raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
+    options = {k: v for k, v in corpus_options.items() if v is not None}
+    if corpus is None:
+        return _evaluate_own_corpus(lm, split or "valid", progress)
+    asks_for_a_split = any(options.get(k) for k in ("valid", "test", "valid_fraction"))
+    if split is None and not isinstance(corpus, Corpus) and not asks_for_a_split:
+        sources = [corpus] if isinstance(corpus, str) else list(corpus)
+        if not any(s in NAMED or s == "pydocs" for s in sources):
+            return lm.evaluate(read_sources(sources, options.get("glob", "*.txt"), options.get("encoding", "utf-8")))
+    if not isinstance(corpus, Corpus):
+        corpus = load_corpus(corpus, progress=progress, **options)
+    return lm.evaluate(_split_text(corpus, split or "valid"))
+
+
+def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
+    saved = lm.config.get("corpus") or {}
+    if not saved.get("sources"):
+        raise RnnlabError("the model does not record its corpus; pass a corpus to evaluate on")
+    options = {k: saved[k] for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
+               if saved.get(k) is not None}
+    corpus = load_corpus(saved["sources"], progress=progress, **options)
+    expected = saved.get("train_sha256")
+    if expected and ids_sha256(lm.tokenizer.encode(corpus.train)) != expected:
+        raise RnnlabError(f"the corpus at {', '.join(saved['sources'])} is not the text {lm.path or 'the model'} was "
+                          f"trained on (it changed, or a relative path now points elsewhere); pass the corpus to "
+                          f"evaluate on")
+    return lm.evaluate(_split_text(corpus, split))
+
+
+def _split_text(corpus: Corpus, split: str) -> str:
+    text = getattr(corpus, split)
+    if not text:
+        raise RnnlabError(f"the corpus {corpus.name} has no {split} split; pass --{split} FILE")
+    return text

@@ -8,7 +8,6 @@ Each stage is a function of its own below; `train()` reads top to bottom as the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -164,7 +163,7 @@ def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: 
                       "min_freq": data.min_freq or 1, "lowercase": bool(data.lowercase)},
         "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": data.valid, "test": data.test,
                    "valid_fraction": data.valid_fraction, "glob": data.glob, "encoding": data.encoding,
-                   "pretokenized": corpus.pretokenized, "train_sha256": _sha256(train_ids),
+                   "pretokenized": corpus.pretokenized, "train_sha256": tokencache.ids_sha256(train_ids),
                    "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
                    "test_tokens": None if test_ids is None else len(test_ids)},
         "command": command or "",
@@ -330,10 +329,6 @@ def _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, 
         log("note: no validation text, so no best checkpoint to choose: the model saved is the latest one "
             "(pass --valid FILE or --valid-fraction F to keep the best)")
     log(f"writing to {out}")
-
-
-def _sha256(ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
