@@ -51,6 +51,16 @@ def test_info_shows_the_model_card(tiny_model):
     assert result.returncode == 0 and "Results" in result.stdout and "valid" in result.stdout
 
 
+def test_info_does_not_follow_a_card_that_is_a_link(tiny_model, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    (tmp_path / "secret").write_text("not for you\n")
+    (model / "README.md").unlink()
+    (model / "README.md").symlink_to(tmp_path / "secret")
+    result = cli("info", model)
+    assert result.returncode == 0 and "not for you" not in result.stdout and '"model"' in result.stdout
+
+
 def documented_commands() -> set[str]:
     """Every `rnnlab NAME` the README's Commands section names."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")

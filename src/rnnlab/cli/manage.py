@@ -50,7 +50,9 @@ def info_command(args: argparse.Namespace) -> int:
     from rnnlab.models.checkpoint import CARD, read_config
     config = read_config(Path(args.model))
     card = Path(args.model) / CARD
-    print(card.read_text(encoding="utf-8") if card.is_file() else json.dumps(config, indent=2))
+    # a README.md that is a link is not the model's card: it could point anywhere (/etc/shadow, say)
+    readable = card.is_file() and not card.is_symlink()
+    print(card.read_text(encoding="utf-8") if readable else json.dumps(config, indent=2))
     return 0
 
 
