@@ -204,15 +204,15 @@ def test_longrange_writes_the_documented_csv(tmp_path):
 # -- a real process: the exit codes and streams a shell sees ------------------------------------------
 
 
-def test_the_real_command_trains_exits_zero_and_refuses_with_one_line_and_exit_one(text_file, tmp_path):
+def test_the_real_command_exits_zero_on_success_one_on_a_refusal_and_two_on_a_usage_error(text_file, tmp_path):
     out = tmp_path / "m"
     trained = run_cli("train", text_file, "--out", out, *tiny_args(max_steps=2))
     assert trained.returncode == 0, trained.stderr
     assert "parameters" in trained.stderr and f"model saved in {out}" in trained.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["command"].startswith("rnnlab train ") and "--max-steps 2" in config["command"]
-    again = run_cli("train", text_file, "--out", out, *tiny_args(max_steps=2))
-    assert again.returncode == 1
-    refused(again, "already holds a model; pass --overwrite")
+    refusal = run_cli("download", "no-such-corpus")   # a refusal that needs no torch: a quick process
+    assert refusal.returncode == 1
+    refused(refusal, "unknown corpus 'no-such-corpus'")
     usage = run_cli("train", text_file, "--max-steps", "many")
     assert usage.returncode == 2 and "invalid int value" in usage.stderr and "Traceback" not in usage.stderr

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from gensim.models import KeyedVectors
 
 import rnnlab
 from conftest import DATA, cli, shakespeare
@@ -25,6 +24,7 @@ def ptb_corpus(chars=120_000):
 
 def write_vectors(tmp_path, words, dim=12, seed=0):
     """The same vectors in all three formats, written by gensim itself."""
+    from gensim.models import KeyedVectors  # imported here: gensim (and scipy) cost every test process a second
     rng = np.random.default_rng(seed)
     kv = KeyedVectors(vector_size=dim)
     kv.add_vectors(words, rng.normal(0, 0.3, size=(len(words), dim)).astype(np.float32))
@@ -72,6 +72,7 @@ def test_frozen_embeddings_stay_frozen_while_the_rest_learns(tmp_path):
     rnnlab.train(ptb_corpus(), tmp_path / "m", embedding=str(paths["word2vec"]), freeze_embeddings=True,
                  lr=1e-2, **SMALL)
     trained = rnnlab.load(tmp_path / "m")
+    from gensim.models import KeyedVectors
     kv = KeyedVectors.load_word2vec_format(str(paths["word2vec"]))
     for word in ("the", "company", "said"):
         assert torch.allclose(trained.net.encoder.weight[trained.tokenizer.vocab.index(word)],
