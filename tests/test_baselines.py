@@ -86,3 +86,10 @@ def test_prefix_cuts_whole_lines_with_enough_tokens():
     assert compare.prefix("a b c\nd e\nf g h i\n", tok, 5) == "a b c\nd e\n"  # 4 + 3 tokens with <eos>
     assert compare.prefix(shakespeare(100), compare.fixed_tokenizer(Corpus("c", shakespeare(100)), "char"), 10) == \
         shakespeare(10)
+
+
+def test_a_baseline_run_still_checks_the_model_options_it_is_given(tmp_path):
+    train, valid = ptb_slice(tmp_path, lines=300, valid_lines=50)
+    with pytest.raises(RnnlabError, match="hidden must be at least 1"):
+        rnnlab.train([str(train)], tmp_path / "n", valid=str(valid), pretokenized=True, model="ngram", hidden=0,
+                     progress=False, log=lambda m: None)

@@ -188,6 +188,9 @@ def test_adaptive_softmax_trains_a_word_model(tmp_path):
     again = rnnlab.load(tmp_path / "a")
     assert again.evaluate(text[270_000:])["loss"] == pytest.approx(lm.config["results"]["valid"]["loss"], rel=1e-5)
     assert again.generate("the company", length=10, seed=0).startswith("the company")
+    # resuming with the same cutoffs is no clash (config.json gives them back as a list)
+    rnnlab.train(Corpus("ptb-slice", text[:270_000], text[270_000:], pretokenized=True), resume=tmp_path / "a",
+                 cutoffs=(500, 2000), max_steps=31, progress=False, log=lambda m: None)
 
 
 def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():

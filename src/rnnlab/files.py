@@ -1,8 +1,9 @@
 """The one way rnnlab writes a file or a folder: build it under a temporary name, fsync, rename.
 
 A crash at any moment leaves the old file (or folder) or the new one, never half of one.
-Everything that writes goes through here: checkpoints, the model card, config.json, the
-token cache, downloads, and the studies' CSV and JSON results.
+Everything that writes a whole file goes through here: checkpoints, the model card, config.json,
+the token cache, downloads, plots, and the studies' CSV and JSON results. (metrics.jsonl is
+appended to line by line; a line torn by a crash is skipped when it is read.)
 """
 
 from __future__ import annotations

@@ -28,11 +28,11 @@ def add_config_flags(group, config_class, *, only: tuple[str, ...] | None = None
             continue
         names = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
         default = None if f.default is MISSING else f.default
-        if f.type == "bool":
+        if f.type.split(" | ")[0] == "bool":
             action = "store_false" if meta.get("negate") else "store_true"
             group.add_argument(*names, dest=f.name, action=action, default=argparse.SUPPRESS, help=meta["help"])
             continue
-        shown = "" if default is None or "default" in meta["help"] else f" (default: {_show(default)})"
+        shown = "" if default is None or "default:" in meta["help"] else f" (default: {_show(default)})"
         group.add_argument(*names, dest=f.name, type=meta.get("parse") or _kind(f.type), default=argparse.SUPPRESS,
                            metavar=meta.get("metavar"), help=meta["help"] + shown)
 

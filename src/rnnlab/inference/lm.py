@@ -1,7 +1,7 @@
 """`LanguageModel`: a trained network with its tokenizer; what `rnnlab.load` and `rnnlab.train` return.
 
 `TextModel` is what every model directory loads as — an RNN, or one of the baselines in
-`baselines.py` (HMM, Kneser-Ney n-gram): a tokenizer plus two abilities, scoring a token stream
+`inference/baseline_models.py` (HMM, Kneser-Ney n-gram): a tokenizer plus two abilities, scoring a token stream
 and continuing one. Prompts, sampling options, streaming text and evaluation are written once,
 here, on top of those two.
 
@@ -42,7 +42,7 @@ class TextModel:
 
     def continue_ids(self, ids: list[int], steps: int, *, generator: torch.Generator,
                      **sampling) -> Iterator[int]:
-        """Yield `steps` new token ids after `ids`, sampled with `generate.next_token` options."""
+        """Yield `steps` new token ids after `ids`, sampled with `sampling.next_token` options."""
         raise NotImplementedError
 
     def stream_loss(self, ids) -> tuple[float, int]:

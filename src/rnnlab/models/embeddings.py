@@ -6,7 +6,7 @@ word2vec file) or from word2vec vectors trained on the training split first. Rea
 and training vectors is gensim's job (`KeyedVectors`, `Word2Vec`): nothing here parses formats.
 
     --embedding learned        random init, learned (the default)
-    --embedding onehot         the textbook's one-hot x_t (model.py)
+    --embedding onehot         the textbook's one-hot x_t (models/rnnlm.py)
     --embedding word2vec       train skip-gram/CBOW on the training split, start from those vectors
     --embedding PATH           start from a GloVe / word2vec (text or binary) file
     --freeze-embeddings        keep them fixed while the network trains

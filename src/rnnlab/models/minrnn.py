@@ -33,7 +33,7 @@ log-space scan in eager PyTorch.
 (layers, B, H) state tensor, dropout between layers when training, torch's parameter names
 (`weight_ih_l0`, ...) and initialisation. Layers are stacked as torch stacks them: layer k reads
 layer k-1's outputs. The paper's language models instead wrap each cell in a pre-norm residual
-block with an MLP (its appendix); that is a different model, and would belong in model.py.
+block with an MLP (its appendix); that is a different model, and would belong in models/rnnlm.py.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def run(corpus: Corpus, tokenizer, models: list[tuple[str, dict]], sizes: list[i
         if size > total:
             log(f"--train-tokens {size:,} is more than the {total:,} the training split has; using all of it")
         text = prefix(corpus.train, tokenizer, min(size, total))
-        part = Corpus(corpus.name, text, corpus.valid, pretokenized=corpus.pretokenized, sources=corpus.sources)
+        part = Corpus(corpus.name, text, corpus.valid, pretokenized=corpus.pretokenized, sources=[])  # a prefix: not re-readable from the sources
         for label, options in models:
             log(f"== {label} on {min(size, total):,} training tokens ==")
             options = {**options}

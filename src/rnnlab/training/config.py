@@ -95,14 +95,14 @@ class DataConfig:
                                           "no split is given)", metavar="F")
     glob: str | None = option(None, "files to read inside folders (default: *.txt)", metavar="GLOB")
     encoding: str | None = option(None, "text encoding (default: utf-8)", metavar="NAME")
-    pretokenized: bool = option(False, "the text is already tokenised: split words on whitespace only (PTB, "
-                                "WikiText)")
+    pretokenized: bool | None = option(None, "the text is already tokenised: split words on whitespace only (PTB, "
+                                       "WikiText); default: named corpora say")
     level: str | None = option(None, "char | word | bpe (default: char; word for tokenised corpora)",
                                metavar="LEVEL")
     max_vocab: int | None = option(None, "word level: vocabulary cap incl. <unk>, <eos> (default: 20000); bpe: "
                                    "vocabulary size (default: 4096)", metavar="N", aliases=("--vocab-size",))
     min_freq: int | None = option(None, "word level: drop words seen fewer times (default: 1)", metavar="N")
-    lowercase: bool = option(False, "word level: lowercase the text")
+    lowercase: bool | None = option(None, "word level: lowercase the text")
     cache: bool = option(True, "tokenise the corpus again instead of reading (and writing) the token cache in "
                          "$RNNLAB_CACHE (default ~/.cache/rnnlab/tokens)", flag="--no-cache", negate=True)
 
@@ -118,8 +118,7 @@ class DataConfig:
 
     def corpus_options(self) -> dict:
         """The options `load_corpus` takes, as given (None: its defaults)."""
-        return {k: getattr(self, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding")} | \
-            {"pretokenized": self.pretokenized or None}
+        return {k: getattr(self, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")}
 
 
 @dataclass

@@ -49,7 +49,7 @@ def init(device_name: str) -> World:
     if not dist.is_available():
         raise RnnlabError("this PyTorch build has no torch.distributed; run without torchrun")
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    use_cuda = device_name.split(":")[0] in ("auto", "cuda") and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():

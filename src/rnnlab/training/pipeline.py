@@ -115,10 +115,11 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
         raise RnnlabError(f"{out} holds a {saved.get('model_type')} baseline; baselines train in one go "
                           f"and cannot be resumed (train it again with --overwrite)")
     clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
-               for k, v in run.model.items() if k in saved["model"] and saved["model"][k] != v]
+               for k, v in run.model.items()
+               if k in saved["model"] and saved["model"][k] != (list(v) if isinstance(v, tuple) else v)]
     tok = saved["tokenizer"]
     clashes += [f"--{k.replace('_', '-')} {getattr(run.data, k)} (the run has {tok[k]})"
-                for k in _TOKENIZER_OPTIONS if getattr(run.data, k) not in (None, False) and tok.get(k) != getattr(run.data, k)]
+                for k in _TOKENIZER_OPTIONS if getattr(run.data, k) is not None and tok.get(k) != getattr(run.data, k)]
     if run.embedding.pretrained:
         clashes.append(f"--embedding {run.embedding.embedding} (pretrained vectors only initialise a new model)")
     if clashes:
@@ -127,7 +128,7 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
     corpus = saved["corpus"] if not corpus_given else {k: getattr(run.data, k) for k in _CORPUS_OPTIONS}
     run.data = DataConfig(**{k: tok[k] for k in _TOKENIZER_OPTIONS},
                           **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
-                          pretokenized=bool(corpus.get("pretokenized")), cache=run.data.cache)
+                          pretokenized=corpus.get("pretokenized"), cache=run.data.cache)
     return saved
 
 
@@ -175,6 +176,7 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
     out = checkpoint.prepare_out_dir(Path(out or default_out(corpus, run.baseline.model)), overwrite=overwrite)
     log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
         f"train {len(ids['train']):,} tokens | valid {0 if ids['valid'] is None else len(ids['valid']):,}")
+    ModelConfig(vocab_size=tokenizer.vocab_size, **run.model)  # options given for an RNN are still checked
     b = run.baseline
     log(f"model: {b.model} ({f'{b.states} states' if b.model == 'hmm' else f'order {b.order}'}) | writing to {out}")
     train_config = TrainConfig(**run.train)
