@@ -52,8 +52,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 def evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per token on held-out text",
-                       description="Evaluate MODEL on a split of CORPUS (default: the corpus it was trained on), "
-                                   "reading the text as one stream.")
+                       description="Evaluate MODEL on the whole of CORPUS (or one --split of it; without "
+                                   "CORPUS, the corpus it was trained on), reading the text as one stream.")
     p.add_argument("model", metavar="MODEL", help="model directory")
     p.add_argument("corpus", nargs="*", metavar="CORPUS", help="corpus (default: the model's own)")
     p.add_argument("--split", choices=["train", "valid", "test"], default=None,

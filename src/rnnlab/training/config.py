@@ -116,6 +116,11 @@ class DataConfig:
             if value is not None and value < 1:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
+    def vocab_settings(self, level: str) -> dict:
+        """max_vocab, min_freq and lowercase with their defaults filled in (a BPE vocabulary defaults smaller)."""
+        return {"max_vocab": self.max_vocab or (4096 if level == "bpe" else 20_000), "min_freq": self.min_freq or 1,
+                "lowercase": bool(self.lowercase)}
+
     def corpus_options(self) -> dict:
         """The options `load_corpus` takes, as given (None: its defaults)."""
         return {k: getattr(self, k) for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")}

@@ -146,8 +146,7 @@ def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
     """(tokenizer, {split: ids}, whether they came from the cache). Tokenised corpora (PTB, WikiText-2)
     are word-level unless told otherwise."""
     level = data.level or ("word" if corpus.pretokenized else "char")
-    settings = dict(level=level, max_vocab=data.max_vocab or (4096 if level == "bpe" else 20_000),
-                    min_freq=data.min_freq or 1, lowercase=bool(data.lowercase), pretokenized=corpus.pretokenized)
+    settings = dict(level=level, **data.vocab_settings(level), pretokenized=corpus.pretokenized)
     return tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
                                     tokenizer=tokenizer, cache=data.cache, log=log)
 
@@ -160,8 +159,7 @@ def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: 
     """What config.json records of the data: enough to find the corpus again and to check it is the same."""
     train_ids, valid_ids, test_ids = ids["train"], ids["valid"], ids["test"]
     return {
-        "tokenizer": {"level": tokenizer.kind, "max_vocab": data.max_vocab or (4096 if tokenizer.kind == "bpe" else 20_000),
-                      "min_freq": data.min_freq or 1, "lowercase": bool(data.lowercase)},
+        "tokenizer": {"level": tokenizer.kind, **data.vocab_settings(tokenizer.kind)},
         "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": data.valid, "test": data.test,
                    "valid_fraction": data.valid_fraction, "glob": data.glob, "encoding": data.encoding,
                    "pretokenized": corpus.pretokenized, "train_sha256": tokencache.ids_sha256(train_ids),
@@ -205,7 +203,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **{"embed_dim": vectors.vector_size, **run.model})
 
     # the output folder and the processes
-    pick_device(train_config.device)  # a device this machine lacks is refused before anything is written
+    chosen_device = pick_device(train_config.device)  # a device this machine lacks: refused before any write
     world = distributed.init(train_config.device)
     if world.active:
         log = log if world.is_main else (lambda message: None)
@@ -223,7 +221,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
 
     # the model
     seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    device = distributed.device_for(world, pick_device(train_config.device))
+    device = distributed.device_for(world, chosen_device)
     net = RNNLM(model_config)
     embedding_record = {"source": run.embedding.embedding or ("onehot" if model_config.input == "onehot" else "learned")}
     if vectors is not None:
