@@ -25,6 +25,13 @@ def test_evaluate_json_has_the_documented_keys(tiny_model):
 def test_evaluate_prints_bits_per_character_for_char_models(tiny_model):
     result = cli("evaluate", tiny_model)
     assert result.returncode == 0 and "bits per character" in result.stdout and "perplexity" in result.stdout
+    assert "text:             valid split of the model's corpus" in result.stdout
+
+
+def test_evaluate_says_which_text_it_scored(tiny_model, text_file):
+    whole, tail = cli("evaluate", tiny_model, text_file), cli("evaluate", tiny_model, text_file, "--split", "valid")
+    assert f"text:             all of {text_file}" in whole.stdout
+    assert f"text:             valid split of {text_file}" in tail.stdout
 
 
 def test_generate_is_reproducible_with_seed_and_writes_out_file(tiny_model, tmp_path):

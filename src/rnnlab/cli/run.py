@@ -65,16 +65,18 @@ def evaluate_parser(sub) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from rnnlab.inference.evaluate import evaluate
+    from rnnlab.inference.evaluate import evaluate, scored_split
     from rnnlab.inference.loading import load
     lm = load(args.model, device=args.device)
-    result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, **given(args, DataConfig, only=CORPUS_FLAGS))
+    options = given(args, DataConfig, only=CORPUS_FLAGS)
+    result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, **options)
     if args.json:
         print(json.dumps(result))
         return 0
     unit = "character" if lm.tokenizer.kind == "char" else "token"
-    print(f"text:             {args.split or 'valid'} split of the model's corpus" if not args.corpus else
-          f"text:             {args.split + ' split of ' if args.split else 'all of '}{', '.join(args.corpus)}")
+    which = scored_split(args.corpus or None, args.split, options)
+    what = ", ".join(args.corpus) if args.corpus else "the model's corpus"
+    print(f"text:             {f'{which} split of ' if which else 'all of '}{what}")
     print(f"tokens:           {result['tokens']:,}")
     print(f"loss:             {result['loss']:.4f} nats/{unit}")
     print(f"perplexity:       {result['perplexity']:.2f}")

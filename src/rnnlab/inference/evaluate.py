@@ -24,16 +24,27 @@ def evaluate(model, corpus=None, *, split: str | None = None, text: str | None =
     if split is not None and split not in ("train", "valid", "test"):
         raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
     options = {k: v for k, v in corpus_options.items() if v is not None}
+    which = scored_split(corpus, split, options)
     if corpus is None:
-        return _evaluate_own_corpus(lm, split or "valid", progress)
-    asks_for_a_split = any(options.get(k) for k in ("valid", "test", "valid_fraction"))
-    if split is None and not isinstance(corpus, Corpus) and not asks_for_a_split:
+        return _evaluate_own_corpus(lm, which, progress)
+    if which is None:
         sources = [corpus] if isinstance(corpus, str) else list(corpus)
-        if not any(s in NAMED or s == "pydocs" for s in sources):
-            return lm.evaluate(read_sources(sources, options.get("glob", "*.txt"), options.get("encoding", "utf-8")))
+        return lm.evaluate(read_sources(sources, options.get("glob", "*.txt"), options.get("encoding", "utf-8")))
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus, progress=progress, **options)
-    return lm.evaluate(_split_text(corpus, split or "valid"))
+    return lm.evaluate(_split_text(corpus, which))
+
+
+def scored_split(corpus, split: str | None, options: dict) -> str | None:
+    """The split `evaluate` scores: None for the whole of CORPUS (files or folders given without a split);
+    otherwise `split`, or valid for a named corpus, a corpus given its own splits, and the model's own."""
+    if split is not None or corpus is None or isinstance(corpus, Corpus):
+        return split or "valid"
+    sources = [corpus] if isinstance(corpus, str) else list(corpus)
+    if any(options.get(k) for k in ("valid", "test", "valid_fraction")) or \
+            any(s in NAMED or s == "pydocs" for s in sources):
+        return "valid"
+    return None
 
 
 def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
