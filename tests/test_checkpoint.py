@@ -101,7 +101,7 @@ def test_out_dir_with_a_model_is_never_clobbered(tmp_path):
     make_dir(tmp_path / "m")
     before = (tmp_path / "m" / "model.safetensors").read_bytes()
     with pytest.raises(RnnlabError, match="already holds a model; pass --overwrite"):
-        checkpoint.prepare_out_dir(tmp_path / "m")
+        checkpoint.NewModelDir(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
 
 

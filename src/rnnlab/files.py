@@ -8,12 +8,18 @@ appended to line by line; a line torn by a crash is skipped when it is read.)
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
+
+from rnnlab.errors import RnnlabError
 
 
 def _umask() -> int:
@@ -73,6 +79,20 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     return staging
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the system
+    cannot; the caller then falls back to two renames."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def replace_dir(staging: Path, target: Path) -> None:
     """Swap a fully written `staging` folder in as `target`. The old target is first renamed to
     `target.old`, so a crash between the two renames leaves one complete folder under one of the names."""
@@ -84,3 +104,42 @@ def replace_dir(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def reported_write_errors(directory: Path, then: str = ""):
+    """A write that fails (a full disk, a read-only folder) as one line that names the folder, the
+    reason and what to do, instead of a traceback. `then` adds what happens next (how to resume)."""
+    try:
+        yield
+    except OSError as e:
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied",
+                  errno.ELOOP: "a symbolic link stands where rnnlab writes a file"}.get(e.errno, e.strerror or str(e))
+        fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+               errno.ELOOP: "remove the link"}.get(e.errno, "make it writable")
+        raise RnnlabError(f"cannot write in {directory}: {reason}; {fix}{then}") from None
+
+
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create a results folder (and its parents) before the work that fills it, or say in one line why not."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RnnlabError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RnnlabError(f"cannot create {flag} {path}: {e.strerror}; choose a writable folder") from None
+    return path
+
+
+def output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before the work that produces it, that a file can be written at `path`."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise RnnlabError(f"cannot write {flag} {path}: it is a folder")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise RnnlabError(f"cannot write {flag} {path}: its folder is missing or not writable")
+    return path

@@ -8,9 +8,17 @@ library reads the same dataclass. Torch-free, so that `rnnlab --help` stays fast
 
 from __future__ import annotations
 
+import numbers
+import types
+import typing
 from argparse import ArgumentTypeError
-from dataclasses import field
+from dataclasses import field, fields
 from typing import Any, Callable
+
+from rnnlab.errors import RnnlabError
+
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_GENERATION_SEED = 2**53 - 1  # sampling seeds torch alone; 2**53 - 1 is JavaScript's largest exact integer
 
 
 def option(default: Any, help: str, *, metavar: str | None = None, flag: str | None = None,
@@ -39,3 +47,46 @@ def parse_clip(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def check_types(config: Any) -> None:
+    """Every field of a config dataclass holds its annotated type: an int is also a float, a bool is
+    not a number, None only where the annotation allows it. A crafted config.json (`"hidden": 32.0`)
+    or a wrong Python argument is then one clear error, not a traceback from deep inside torch."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not _fits(value, hints[f.name]):
+            raise RnnlabError(f"{f.name.replace('_', '-')} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (tuple, list)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list of whole numbers"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+            type(None): "none"}.get(hint, str(hint))
+
+
+def check_seed(seed: int | None, flag: str = "--seed", maximum: int = MAX_SEED) -> None:
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed <= maximum):
+        raise RnnlabError(f"{flag} must be a whole number from 0 to {maximum}, got {seed!r}")

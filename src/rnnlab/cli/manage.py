@@ -80,11 +80,14 @@ def embeddings_parser(sub) -> None:
 
 
 def embeddings_command(args: argparse.Namespace) -> int:
+    from rnnlab.files import output_file, reported_write_errors
     from rnnlab.models.embeddings import export
+    output_file(args.out)
     lm = _embedding_table(args.model)
     if lm.tokenizer.kind == "char":
         raise RnnlabError("a char-level vocabulary has whitespace tokens, which word2vec text files cannot hold")
-    export(lm.net.encoder.weight, lm.tokenizer.vocab, args.out)
+    with reported_write_errors(Path(args.out).parent):
+        export(lm.net.encoder.weight, lm.tokenizer.vocab, args.out)
     print(f"wrote {lm.tokenizer.vocab_size:,} vectors of {lm.net.encoder.weight.size(1)} dimensions to {args.out}")
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -102,17 +101,16 @@ def generate_parser(sub) -> None:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from rnnlab.files import write_text
+    from rnnlab.files import output_file, reported_write_errors, write_text
     from rnnlab.inference.loading import load
     from rnnlab.inference.sampling import check_sampling
+    from rnnlab.options import MAX_GENERATION_SEED, check_seed
     check_sampling(args.temperature, args.top_k, args.top_p)  # before the (slower) model load
+    check_seed(args.seed, maximum=MAX_GENERATION_SEED)
     if args.num_samples < 1:
         raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
-        target = Path(args.out)
-        if target.is_dir() or not os.access(target.parent if str(target.parent) else ".", os.W_OK):
-            raise RnnlabError(f"cannot write --out {args.out}: "
-                              f"{'it is a folder' if target.is_dir() else 'its folder is missing or not writable'}")
+        output_file(args.out)
     lm = load(args.model, device=args.device)
     texts = []
     for i in range(args.num_samples):
@@ -128,7 +126,8 @@ def generate_command(args: argparse.Namespace) -> int:
         print()
         texts.append("".join(pieces))
     if args.out:
-        write_text(Path(args.out), "\n\n".join(texts) + "\n")
+        with reported_write_errors(Path(args.out).parent):
+            write_text(Path(args.out), "\n\n".join(texts) + "\n")
     return 0
 
 

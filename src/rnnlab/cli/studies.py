@@ -9,6 +9,7 @@ from pathlib import Path
 from rnnlab.cli.flags import add_config_flags, given
 from rnnlab.cli.run import CORPUS_FLAGS
 from rnnlab.errors import RnnlabError
+from rnnlab.files import output_dir, reported_write_errors
 from rnnlab.models.registry import COMPARED
 from rnnlab.options import parse_clip
 from rnnlab.training.config import DataConfig
@@ -52,14 +53,13 @@ def gradients_parser(sub) -> None:
 def gradients_command(args: argparse.Namespace) -> int:
     from rnnlab.models.registry import parse_cells
     from rnnlab.studies import gradients, plots
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cells = parse_cells(args.cell)
+    try:
+        clips = [parse_clip(c) for c in args.clip.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise RnnlabError(f"--clip: {e}") from None
+    out = output_dir(args.out)
     if args.train_steps is not None:
-        try:
-            clips = [parse_clip(c) for c in args.clip.split(",")]
-        except argparse.ArgumentTypeError as e:
-            raise RnnlabError(f"--clip: {e}") from None
         radius = args.recurrent_init_scale or 1.5
         curves = gradients.clip_experiment(clips, cell=cells[0], corpus=args.corpus or "pydocs", hidden=args.hidden,
                                            seq_len=args.seq_len, steps=args.train_steps, lr=args.lr, seed=args.seed,
@@ -68,8 +68,10 @@ def gradients_command(args: argparse.Namespace) -> int:
             diverged = gradients.first_divergence(losses)
             print(f"{label:<12} first loss {losses[0]:.3f}  last loss {losses[-1]:.3f}  "
                   + (f"diverged at step {diverged}" if diverged is not None else "never diverged"))
-        gradients.write_json(out / "clipping.json", curves)
-        plots.plot_loss_curves(curves, out / "clipping.png", title=f"{cells[0]} training loss, spectral radius {radius}")
+        with reported_write_errors(out):
+            gradients.write_json(out / "clipping.json", curves)
+            plots.plot_loss_curves(curves, out / "clipping.png",
+                                   title=f"{cells[0]} training loss, spectral radius {radius}")
         print(f"wrote {out / 'clipping.json'} and {out / 'clipping.png'}")
         return 0
     result = gradients.measure(cells, model_dir=args.model, corpus=args.corpus, hidden=args.hidden,
@@ -77,8 +79,9 @@ def gradients_command(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, recurrent_init_scale=args.recurrent_init_scale,
                                seed=args.seed)
     print(gradients.format_table(result))
-    gradients.write_json(out / "gradients.json", result)
-    plots.plot_gradient_norms(result, out / "gradients.png")
+    with reported_write_errors(out):
+        gradients.write_json(out / "gradients.json", result)
+        plots.plot_gradient_norms(result, out / "gradients.png")
     print(f"wrote {out / 'gradients.json'} and {out / 'gradients.png'}")
     return 0
 
@@ -111,10 +114,10 @@ def longrange_command(args: argparse.Namespace) -> int:
     print(longrange.format_table(rows))
     if args.out:
         from rnnlab.studies.plots import plot_longrange
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        longrange.write_csv(rows, out / "longrange.csv")
-        plot_longrange(rows, out / "longrange.png")
+        out = output_dir(args.out)
+        with reported_write_errors(out):
+            longrange.write_csv(rows, out / "longrange.csv")
+            plot_longrange(rows, out / "longrange.png")
         print(f"wrote {out / 'longrange.csv'} and {out / 'longrange.png'}")
     return 0
 
@@ -222,10 +225,10 @@ def hopfield_command(args: argparse.Namespace) -> int:
         print(f"  {count:>8}  {count / args.units:.3f}  {rate:.2f}")
     if args.out:
         from rnnlab.studies.plots import plot_hopfield
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        hopfield.write_csv(rows, args.units, out / "hopfield.csv")
-        plot_hopfield(rows, args.units, out / "hopfield.png")
+        out = output_dir(args.out)
+        with reported_write_errors(out):
+            hopfield.write_csv(rows, args.units, out / "hopfield.csv")
+            plot_hopfield(rows, args.units, out / "hopfield.png")
         print(f"wrote {out / 'hopfield.csv'} and {out / 'hopfield.png'}")
     return 0
 

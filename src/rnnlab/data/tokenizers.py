@@ -36,7 +36,7 @@ class CharTokenizer:
     kind = "char"
 
     def __init__(self, vocab: list[str]):
-        if vocab[0] != UNK:
+        if vocab[:1] != [UNK]:
             raise RnnlabError("a char vocabulary starts with <unk>")
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
@@ -98,7 +98,7 @@ class WordTokenizer:
         if vocab[:2] != [UNK, EOS]:
             raise RnnlabError("a word vocabulary starts with <unk>, <eos>")
         if split not in ("words", "whitespace"):
-            raise RnnlabError(f"unknown split {split!r}")
+            raise RnnlabError(f"unknown split {split!r}; the word splits are words and whitespace")
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id, self.eos_id = 0, 1
@@ -274,14 +274,34 @@ def build_tokenizer(level: str, train_text: str, *, max_vocab: int = 20_000, min
     raise RnnlabError(f"unknown level {level!r}; choose char, word or bpe")
 
 
-def tokenizer_from_dict(data: dict) -> CharTokenizer | WordTokenizer:
+def tokenizer_from_dict(data: dict) -> CharTokenizer | WordTokenizer | BPETokenizer:
+    """The tokenizer a tokenizer.json describes, checked: a damaged or crafted file is one clear error."""
+    def invalid(why: str) -> RnnlabError:
+        return RnnlabError(f"tokenizer.json is not a valid rnnlab tokenizer: {why}")
+
+    if not isinstance(data, dict):
+        raise invalid(f"it holds a JSON {type(data).__name__}, not an object")
     kind = data.get("type")
-    if kind == "char":
-        return CharTokenizer(list(data["vocab"]))
-    if kind == "word":
-        return WordTokenizer(list(data["vocab"]), lowercase=bool(data.get("lowercase")),
-                             split=data.get("split", "words"))
+    if kind in ("char", "word"):
+        vocab = data.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(t, str) and t for t in vocab):
+            raise invalid("'vocab' must be a list of non-empty strings")
+        if len(set(vocab)) != len(vocab):
+            raise invalid("'vocab' lists a token twice")
+        if kind == "char" and any(len(t) != 1 for t in vocab[1:]):
+            raise invalid("a char vocabulary holds single characters after <unk>")
+        try:
+            if kind == "char":
+                return CharTokenizer(vocab)
+            return WordTokenizer(vocab, lowercase=bool(data.get("lowercase")), split=data.get("split", "words"))
+        except RnnlabError as e:
+            raise invalid(str(e)) from None
     if kind == "bpe":
         from tokenizers import Tokenizer
-        return BPETokenizer(Tokenizer.from_str(data["tokenizer"]))
-    raise RnnlabError(f"unknown tokenizer type {kind!r} in tokenizer.json")
+        if not isinstance(data.get("tokenizer"), str):
+            raise invalid("'tokenizer' must be the BPE model as a string")
+        try:
+            return BPETokenizer(Tokenizer.from_str(data["tokenizer"]))
+        except Exception as e:  # noqa: BLE001 — the tokenizers library raises its own exception type
+            raise invalid(f"the BPE model does not parse ({str(e).splitlines()[0][:120] if str(e) else e})") from None
+    raise invalid(f"unknown type {kind!r}")

@@ -21,6 +21,7 @@ import torch
 from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.inference.metrics import stream_loss, summarize
 from rnnlab.inference.sampling import check_sampling, sample_ids
+from rnnlab.options import MAX_GENERATION_SEED, check_seed
 from rnnlab.models.rnnlm import RNNLM
 from rnnlab.data.tokenizers import EOS, UNK
 
@@ -78,6 +79,7 @@ class TextModel:
                seed: int | None = None) -> Iterator[str]:
         """Yield the text piece by piece: first the prompt (or the random start word), then each new token."""
         check_sampling(temperature, top_k, top_p)
+        check_seed(seed, maximum=MAX_GENERATION_SEED)
         if length < 0:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())

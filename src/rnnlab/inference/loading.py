@@ -12,7 +12,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.inference.baseline_models import load_baseline
 from rnnlab.inference.lm import LanguageModel, TextModel
 from rnnlab.models import checkpoint
-from rnnlab.models.config import ModelConfig
+from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.rnnlm import RNNLM
 
 
@@ -25,12 +25,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> TextModel:
         return load_baseline(path, config)
     try:
         model_config = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError):
-        raise RnnlabError(f"{path / checkpoint.CONFIG} has no valid 'model' section; the directory is corrupt") from None
+    except (KeyError, TypeError, RnnlabError) as e:
+        reason = f": {e}" if isinstance(e, RnnlabError) else ""
+        raise RnnlabError(f"{path / checkpoint.CONFIG} has no valid 'model' section{reason}; the directory is "
+                          f"corrupt") from None
     tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(path))
     if tokenizer.vocab_size != model_config.vocab_size:
         raise RnnlabError(f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens but config.json says "
                           f"{model_config.vocab_size}; the directory mixes two models")
+    checkpoint.check_weights_match(path, model_config, RNNLM)  # before any memory is allocated for it
+    model_config.check_fits(memory_bytes(), copies=1, what="loading it", fix="load it on a bigger machine")
     net = RNNLM(model_config)
     checkpoint.load_weights(net, path)
     net.eval()

@@ -50,9 +50,9 @@ from rnnlab.version import __version__
 from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.inference.lm import TextModel
 from rnnlab.inference.loading import load
+from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
-MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,21 @@ still holds a complete checkpoint and `resume_dir` finds it.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
+import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_file, save_model
 
 from rnnlab.errors import RnnlabError
-from rnnlab.files import atomic_write, replace_dir, staging_dir, write_json
+from rnnlab.files import atomic_write, exchange, fsync_dir, replace_dir, staging_dir, write_json
 
 FORMAT_VERSION = 1
 CONFIG, TOKENIZER, WEIGHTS, STATE, METRICS, CARD = (
@@ -38,35 +43,145 @@ LAST = "last"
 # saving
 
 
-def prepare_out_dir(out: Path, *, overwrite: bool = False) -> Path:
-    """Create `out` for a new run; refuse to clobber a trained model unless told to."""
-    out = Path(out)
-    if (out / CONFIG).exists() and not overwrite:
-        raise RnnlabError(f"{out} already holds a model; pass --overwrite to replace it, "
-                          f"--resume {out} to continue it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise RnnlabError(f"--out {out} is a file, not a folder")
+FILES = (CONFIG, TOKENIZER, WEIGHTS, STATE, METRICS, CARD)
+OWN = frozenset((*FILES, LAST, LAST + ".old"))   # every name rnnlab gives an entry of a model directory
+
+
+def is_leftover(name: str) -> bool:
+    """A temporary file or staging folder of a write that a kill interrupted (files.atomic_write, save_last)."""
+    return name.startswith(".last-") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+class NewModelDir:
+    """The directory of a new run, made so that `target` never holds half a model and never loses
+    what it held before the new run has a model to put there.
+
+    The run writes into a hidden staging folder beside `target` (`.NAME.rnnlab-new-XXXX`). Once
+    that folder holds a checkpoint that loads (the step-0 save), `publish()` renames it to `target`,
+    swapping it atomically with an old model (--overwrite) where the system can. An error before
+    then (a corpus too short for one batch, a model too big for memory) leaves `target` as it was.
+    `target` must be absent, an empty folder, or (with overwrite) a folder that holds only an rnnlab
+    model; anything else is refused before a byte is written.
+    """
+
+    def __init__(self, target: Path, *, overwrite: bool = False):
+        self.target = Path(target)
+        self.staging: Path | None = None
+        self._check(overwrite)  # everything that can be said before writing is said now
+
+    def _check(self, overwrite: bool) -> None:
+        target = self.target
+        if target.is_symlink():
+            raise RnnlabError(f"--out {target} is a symbolic link; rnnlab writes only into real folders "
+                              f"(give the folder it points to)")
+        if target.exists() and not target.is_dir():
+            raise RnnlabError(f"--out {target} is a file, not a folder")
+        if not target.is_dir():
+            return
+        try:
+            names = sorted(p.name for p in target.iterdir())
+        except OSError as e:
+            raise RnnlabError(f"cannot read --out {target}: {e.strerror}; choose another folder") from None
+        if not names:
+            return
+        if not (target / CONFIG).is_file():
+            raise RnnlabError(f"--out {target} holds files that are not an rnnlab model ({_some(names)}); "
+                              f"rnnlab writes a new model only into a new or empty folder: choose another --out")
+        if not overwrite:
+            raise RnnlabError(f"{target} already holds a model; pass --overwrite to replace it, "
+                              f"--resume {target} to continue it, or choose another --out")
+        foreign = [n for n in names if n not in OWN and not is_leftover(n)]
+        if foreign:
+            raise RnnlabError(f"--overwrite replaces only what rnnlab wrote, and {target} also holds "
+                              f"{_some(foreign)}; move those out first, or choose another --out")
+
+    def create(self) -> Path:
+        """Make the staging folder; returns where the run writes until `publish()`."""
+        target = self.target
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for stale in target.parent.glob(f".{target.name}.rnnlab-new-*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            self.staging = staging_dir(target.parent, f".{target.name}.rnnlab-new-")
+        except OSError as e:
+            if target.is_dir() and not any(target.iterdir()) and os.access(target, os.W_OK):
+                return target  # an empty folder in a folder we may not write to: the run writes in place
+            raise RnnlabError(f"cannot write to --out {target}: {e.strerror}; choose a writable folder") from None
+        return self.staging
+
+    def publish(self) -> Path:
+        """Put the staging folder in place as `target`; from now on the run writes there."""
+        if self.staging is None:
+            return self.target
+        if self.target.is_dir() and any(self.target.iterdir()):
+            if not exchange(self.staging, self.target):  # no atomic swap here: two renames
+                os.replace(self.target, self.staging.with_name(self.staging.name + "-old"))
+                os.replace(self.staging, self.target)
+                self.staging = self.staging.with_name(self.staging.name + "-old")
+            shutil.rmtree(self.staging, ignore_errors=True)      # the old model, now replaced
+        else:
+            os.replace(self.staging, self.target)                # onto nothing, or onto an empty folder
+        fsync_dir(self.target.parent)
+        self.staging = None
+        return self.target
+
+    def abandon(self) -> None:
+        """The run failed before it had a model to publish: remove what it wrote."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def clean_leftovers(directory: Path) -> None:
+    """Remove the temporary files and staging folders that kills left in a model directory."""
+    for entry in (directory, directory / LAST):
+        if entry.is_dir() and not entry.is_symlink():
+            for path in entry.iterdir():
+                if is_leftover(path.name):
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+
+
+def check_no_links(directory: Path) -> None:
+    """rnnlab writes through no symbolic link: one where a model file belongs is refused, not followed."""
+    for name in OWN:
+        if (directory / name).is_symlink():
+            raise RnnlabError(f"{directory / name} is a symbolic link; rnnlab does not write through links: "
+                              f"replace it with the file itself")
+
+
+def _os_error(e: SafetensorError) -> OSError:
+    """safetensors reports a failed write as text ("IoError(Os { code: 28, ... })"); the errno inside it."""
+    found = re.search(r"code: (\d+)", str(e))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code))
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
-        if overwrite and out.is_dir():
-            for name in (CONFIG, TOKENIZER, WEIGHTS, STATE, METRICS, CARD):
-                (out / name).unlink(missing_ok=True)
-            for name in (LAST, LAST + ".old"):
-                shutil.rmtree(out / name, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".rnnlab-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise RnnlabError(f"cannot write to --out {out}: {e.strerror}; choose a writable folder") from None
-    return out
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    except SafetensorError as e:
+        raise _os_error(e) from None
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    atomic_write(path, lambda tmp: save_model(model, tmp))
+    try:
+        atomic_write(path, lambda tmp: save_model(model, tmp))
+    except SafetensorError as e:
+        raise _os_error(e) from None
 
 
 def save_state(state: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    # serialised in memory, then written by Python: a full disk is an OSError, not torch's RuntimeError
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def save_static(directory: Path, config: dict, tokenizer_dict: dict) -> None:
@@ -123,6 +238,8 @@ def read_config(directory: Path) -> dict:
 
 def read_tokenizer_dict(directory: Path) -> dict:
     path = Path(directory) / TOKENIZER
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise RnnlabError(f"{path} is not a regular file; the model directory is damaged")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -140,6 +257,38 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RnnlabError(f"{path} is corrupt or does not match config.json ({first[:160]})") from None
+
+
+def check_weights_match(directory: Path, config, build) -> None:
+    """Compare model.safetensors' header (names and shapes, read without the tensors) with the model
+    `config` describes, built on the meta device (shapes, no memory). A crafted or mixed-up
+    config.json ("layers": 1000000, "hidden": 20000) is refused here, before anything is allocated."""
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise RnnlabError(f"{directory} has no {WEIGHTS}; the model directory is incomplete")
+    try:
+        with safe_open(path, framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RnnlabError(f"{path} is corrupt ({first[:160]})") from None
+    stored_count = sum(math.prod(shape) for shape in stored.values())
+    if config.approx_parameters() > 2 * stored_count + 1_000_000:  # far bigger than the file: no meta build either
+        raise RnnlabError(f"{path} holds {stored_count:,} parameters but config.json describes a model of about "
+                          f"{config.approx_parameters():.3g}; the directory mixes two models")
+    with torch.device("meta"):
+        net = build(config)
+    groups: dict[int, list[str]] = {}  # tied weights are one tensor under two names; the file holds one of them
+    for name, tensor in [*net.named_parameters(remove_duplicate=False), *net.named_buffers()]:
+        groups.setdefault(id(tensor), []).append(name)
+    shapes = {name: tuple(tensor.shape) for name, tensor in net.state_dict(keep_vars=True).items()}
+    for names in groups.values():
+        if not any(stored.get(name) == shapes[name] for name in names):
+            name = names[0]
+            found = "is missing" if not any(n in stored for n in names) else \
+                f"has shape {list(next(stored[n] for n in names if n in stored))}"
+            raise RnnlabError(f"{path} does not match config.json: {name} {found}, the config needs "
+                              f"{list(shapes[name])}")
 
 
 def load_state(directory: Path) -> dict:

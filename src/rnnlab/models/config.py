@@ -3,11 +3,13 @@ fields (and their help) without importing torch."""
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, fields
 
 from rnnlab.errors import RnnlabError
 from rnnlab.models.registry import CELLS, CLASSIC, names
-from rnnlab.options import option, parse_int_list
+from rnnlab.options import check_types, option, parse_int_list
 
 INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
@@ -39,6 +41,7 @@ class ModelConfig:
                                       "from the vocabulary)", metavar="N,N", parse=parse_int_list)
 
     def __post_init__(self):
+        check_types(self)
         if self.cell not in CELLS:
             raise RnnlabError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
         if self.impl not in IMPLS:
@@ -52,6 +55,8 @@ class ModelConfig:
                 raise RnnlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.init_range is not None and not 0 < self.init_range < math.inf:
+            raise RnnlabError(f"--init-range must be a number > 0, got {self.init_range}")
         if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):
             raise RnnlabError("--tie-weights needs --input learned and --embed-dim equal to --hidden")
         if self.freeze_embeddings and (self.tie_weights or self.input != "learned"):
@@ -69,9 +74,32 @@ class ModelConfig:
                 raise RnnlabError(f"--cutoffs must increase strictly between 0 and the vocabulary size "
                                   f"({self.vocab_size}), got {list(self.cutoffs)}")
 
+    def approx_parameters(self) -> int:
+        """The parameter count from arithmetic alone (an upper bound within a few percent; no tensor is
+        made): enough to refuse a model that cannot fit in memory before torch tries to allocate it."""
+        gates, V, H = CELLS[self.cell].gates, self.vocab_size, self.hidden
+        width = gates * H if self.input == "onehot" else self.embed_dim
+        table = V * width
+        recurrent = gates * H * (width + H + 2) + (self.layers - 1) * gates * H * (2 * H + 2)
+        return table + recurrent + H * V + V
+
+    def check_fits(self, memory_bytes: int, copies: int, what: str,
+                   fix: str = "choose a smaller --hidden, --embed-dim, --layers or --max-vocab") -> None:
+        """Refuse a model whose `copies` float32 copies (weights, gradients, optimiser moments) exceed
+        `memory_bytes`."""
+        need = 4 * copies * self.approx_parameters()
+        if need > memory_bytes:
+            raise RnnlabError(f"a {self.layers}x{self.hidden} {self.cell} with embedding {self.embed_dim} and "
+                              f"vocabulary {self.vocab_size:,} has about {self.approx_parameters():.3g} parameters: "
+                              f"{what} needs {need / 1e9:,.3g} GB, more than this machine's "
+                              f"{memory_bytes / 1e9:,.3g} GB of memory; {fix}")
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        data = {**data, "cutoffs": tuple(data.get("cutoffs") or ())}
+        if not isinstance(data, dict):
+            raise RnnlabError(f"a model config is a JSON object, got {type(data).__name__}")
+        cutoffs = data.get("cutoffs") or ()
+        data = {**data, "cutoffs": tuple(cutoffs) if isinstance(cutoffs, list) else cutoffs}
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -85,3 +113,11 @@ def default_cutoffs(vocab_size: int) -> tuple[int, ...]:
     if not cutoffs:
         raise RnnlabError(f"a vocabulary of {vocab_size} is too small for --softmax adaptive; use full")
     return cutoffs
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no check

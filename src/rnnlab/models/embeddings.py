@@ -14,6 +14,8 @@ and training vectors is gensim's job (`KeyedVectors`, `Word2Vec`): nothing here 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,16 @@ def train_word2vec(sentences: list[list[str]], *, dim: int, skipgram: bool = Tru
     """Skip-gram (or CBOW) vectors for the tokens of the training split, with gensim."""
     from gensim.models import Word2Vec
 
-    model = Word2Vec(sentences=sentences, vector_size=dim, sg=int(skipgram), window=window, epochs=epochs,
-                     min_count=min_count, seed=seed, workers=1)  # one worker: reproducible vectors
+    # one worker: reproducible vectors. The vocabulary is built first, so that an empty one is an
+    # error here rather than gensim's RuntimeError
+    model = Word2Vec(vector_size=dim, sg=int(skipgram), window=window, epochs=epochs, min_count=min_count, seed=seed,
+                     workers=1)
+    model.build_vocab(sentences)
+    if not len(model.wv):
+        most = max(Counter(word for sentence in sentences for word in sentence).values(), default=0)
+        raise RnnlabError(f"word2vec: no token appears --w2v-min-count {min_count} times in the training split "
+                          f"(the most frequent appears {most} times); lower --w2v-min-count")
+    model.train(sentences, total_examples=model.corpus_count, epochs=epochs)
     return model.wv
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
-from rnnlab.files import write_text
+from rnnlab.files import output_dir, reported_write_errors, write_text
 from rnnlab.models.registry import COMPARED
 
 COLUMNS = ("model", "train_tokens", "valid_perplexity", "train_seconds", "parameters")
@@ -33,6 +33,8 @@ def parse_models(spec: str) -> list[tuple[str, dict]]:
     models = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, arg = item.partition(":")
+        if name in ("hmm", "ngram") and arg and not (arg.isdigit() and int(arg) > 0):
+            raise RnnlabError(f"in --models, {item!r} needs a whole number > 0 after the colon (hmm:64, ngram:5)")
         if name == "hmm":
             models.append((item, {"model": "hmm", "states": int(arg or 64)}))
         elif name == "ngram":
@@ -54,6 +56,8 @@ def parse_sizes(spec: str) -> list[int]:
         if not match:
             raise RnnlabError(f"cannot read {item!r} in --train-tokens; use numbers like 10k, 250k, 1M")
         sizes.append(int(float(match[1]) * {"": 1, "k": 10**3, "m": 10**6}[match[2].lower()]))
+    if not sizes or min(sizes) < 1:
+        raise RnnlabError(f"--train-tokens needs sizes of at least 1 token, got {spec!r}")
     return sorted(set(sizes))
 
 
@@ -80,12 +84,12 @@ def study(sources, models: str, sizes: str, out: str | Path, *, level: str | Non
     parsed_models, parsed_sizes = parse_models(models), parse_sizes(sizes)
     corpus = load_corpus(sources, **(corpus_options or {}))
     tokenizer = fixed_tokenizer(corpus, level or ("word" if corpus.pretokenized else "char"))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     rows = run(corpus, tokenizer, parsed_models, parsed_sizes, out, time_budget=time_budget, log=log)
-    write_text(out / "compare.csv", to_csv(rows))
-    write_text(out / "compare.md", to_markdown(rows))
-    plot_compare(rows, out / "compare.png", title=f"{corpus.name}: validation perplexity")
+    with reported_write_errors(out):
+        write_text(out / "compare.csv", to_csv(rows))
+        write_text(out / "compare.md", to_markdown(rows))
+        plot_compare(rows, out / "compare.png", title=f"{corpus.name}: validation perplexity")
     return rows
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from rnnlab.baselines.hmm import HMM
 from rnnlab.baselines.ngram import KneserNey
 from rnnlab.errors import RnnlabError
-from rnnlab.files import atomic_write, write_text
+from rnnlab.files import write_text
 from rnnlab.inference.baseline_models import HMMLanguageModel, NGramLanguageModel
 from rnnlab.inference.lm import TextModel
 from rnnlab.inference.metrics import perplexity
@@ -79,7 +78,7 @@ def fit_baseline(kind: str, out: Path, tokenizer, train_ids: np.ndarray, valid_i
     results = score_splits(model, {"valid": valid_ids, "test": test_ids}, log)
     run_config.update(model_type=kind, results=results, train_seconds=round(time.perf_counter() - start, 1),
                       parameters=model.num_parameters(), rnnlab_version=__version__)
-    atomic_write(out / checkpoint.WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    checkpoint.save_tensors(tensors, out / checkpoint.WEIGHTS)
     write_text(out / checkpoint.METRICS, "".join(json.dumps(r) + "\n" for r in metrics))
     checkpoint.save_static(out, run_config, tokenizer.to_dict())
     write_text(out / checkpoint.CARD, _card(run_config, model))

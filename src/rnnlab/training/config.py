@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, fields
 
 from rnnlab.errors import RnnlabError
-from rnnlab.options import option, parse_clip
+from rnnlab.options import check_seed, check_types, option, parse_clip
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau", "step")
@@ -54,6 +54,8 @@ class TrainConfig:
     device: str = option("auto", "auto | cpu | cuda | mps", metavar="NAME")
 
     def __post_init__(self):
+        check_types(self)
+        check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise RnnlabError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
@@ -81,8 +83,8 @@ class TrainConfig:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.clip is not None and not self.clip > 0:
             raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise RnnlabError(f"--time-budget must be > 0 minutes, got {self.time_budget}")
+        if self.time_budget is not None and not 0 < self.time_budget < math.inf:
+            raise RnnlabError(f"--time-budget must be a number of minutes > 0, got {self.time_budget}")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
             self.epochs = 10
 
@@ -107,6 +109,7 @@ class DataConfig:
                          "$RNNLAB_CACHE (default ~/.cache/rnnlab/tokens)", flag="--no-cache", negate=True)
 
     def __post_init__(self):
+        check_types(self)
         if self.level is not None and self.level not in LEVELS:
             raise RnnlabError(f"unknown level {self.level!r}; choose char, word or bpe")
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
@@ -142,6 +145,12 @@ class EmbeddingConfig:
         """Vectors from a file or trained by word2vec (not a learned table or one-hot input)."""
         return self.embedding not in (None, "learned", "onehot")
 
+    def __post_init__(self):
+        check_types(self)
+        for name in ("w2v_window", "w2v_epochs", "w2v_min_count"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass
 class BaselineConfig:
@@ -152,8 +161,12 @@ class BaselineConfig:
     order: int = option(5, "ngram: order", metavar="N")
 
     def __post_init__(self):
+        check_types(self)
         if self.model not in ("rnn", *BASELINES):
             raise RnnlabError(f"unknown model {self.model!r}; choose rnn, hmm or ngram")
+        for name in ("states", "em_iterations", "order"):
+            if getattr(self, name) < 1:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 def field_names(config_class) -> set[str]:

@@ -23,10 +23,10 @@ from rnnlab.data.corpus import Corpus, load_corpus
 from rnnlab.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnlab.devices import pick_device
 from rnnlab.errors import RnnlabError
-from rnnlab.files import write_json, write_text
+from rnnlab.files import reported_write_errors, write_json, write_text
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.models import checkpoint
-from rnnlab.models.config import ModelConfig
+from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.rnnlm import RNNLM, cpu_lstm_runs_in_bf16
 from rnnlab.training import distributed
 from rnnlab.training.card import model_card, score_splits
@@ -171,17 +171,25 @@ def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: 
 
 def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, overwrite: bool, command, log):
     from rnnlab.training.baselines import fit_baseline
-    out = checkpoint.prepare_out_dir(Path(out or default_out(corpus, run.baseline.model)), overwrite=overwrite)
+    ModelConfig(vocab_size=tokenizer.vocab_size, **run.model)  # options given for an RNN are still checked
+    train_config = TrainConfig(**run.train)
+    run_dir = checkpoint.NewModelDir(Path(out or default_out(corpus, run.baseline.model)), overwrite=overwrite)
+    path = run_dir.create()
     log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | "
         f"train {len(ids['train']):,} tokens | valid {0 if ids['valid'] is None else len(ids['valid']):,}")
-    ModelConfig(vocab_size=tokenizer.vocab_size, **run.model)  # options given for an RNN are still checked
     b = run.baseline
-    log(f"model: {b.model} ({f'{b.states} states' if b.model == 'hmm' else f'order {b.order}'}) | writing to {out}")
-    train_config = TrainConfig(**run.train)
-    return fit_baseline(b.model, out, tokenizer, ids["train"], ids["valid"], ids["test"],
-                        run_record(corpus, tokenizer, ids, run.data, command), states=b.states, order=b.order,
-                        em_iterations=b.em_iterations, time_budget=train_config.time_budget, seed=train_config.seed,
-                        log=log)
+    log(f"model: {b.model} ({f'{b.states} states' if b.model == 'hmm' else f'order {b.order}'}) | writing to "
+        f"{run_dir.target}")
+    try:
+        with reported_write_errors(run_dir.target):
+            model = fit_baseline(b.model, path, tokenizer, ids["train"], ids["valid"], ids["test"],
+                                 run_record(corpus, tokenizer, ids, run.data, command), states=b.states, order=b.order,
+                                 em_iterations=b.em_iterations, time_budget=train_config.time_budget,
+                                 seed=train_config.seed, log=log)
+            model.path = run_dir.publish()
+    finally:
+        run_dir.abandon()
+    return model
 
 
 def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
@@ -203,6 +211,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **{"embed_dim": vectors.vector_size, **run.model})
 
     # the output folder and the processes
+    model_config.check_fits(memory_bytes(), copies=4, what="training (weights, gradients, two Adam moments)")
     chosen_device = pick_device(train_config.device)  # a device this machine lacks: refused before any write
     world = distributed.init(train_config.device)
     if world.active:
@@ -213,11 +222,12 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         out = default_out(corpus, model_config.cell)
     out = Path(out)
     if saved is None:
+        run_dir = checkpoint.NewModelDir(out, overwrite=overwrite)  # checked now; made when the loop starts
+    else:
+        run_dir = None
+        checkpoint.check_no_links(out)
         if world.is_main:
-            checkpoint.prepare_out_dir(out, overwrite=overwrite)
-        elif (out / checkpoint.CONFIG).exists() and not overwrite:
-            raise RnnlabError(f"{out} already holds a model")  # rank 0 says it in full
-        distributed.barrier(world)
+            checkpoint.clean_leftovers(out)
 
     # the model
     seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -246,10 +256,14 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         last = checkpoint.resume_dir(out)
         checkpoint.load_weights(net, last)
         trainer.load_state_dict(checkpoint.load_state(last))
-        _truncate_metrics(out / checkpoint.METRICS, trainer.step)
+        with reported_write_errors(out):
+            _truncate_metrics(out / checkpoint.METRICS, trainer.step)
         log(f"resuming {out} from step {trainer.step} (epoch {trainer.epoch})")
     else:
         _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out)
+    if run_dir is not None and world.is_main:
+        # a new run builds in a staging folder; its first checkpoint publishes it as `out` (NewModelDir)
+        trainer.out, trainer.publish = run_dir.create(), run_dir.publish
     try:
         trainer.run()
     except RuntimeError as e:
@@ -258,6 +272,9 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise RnnlabError(f"rank {world.rank} of {world.size}: lost contact with the other processes ({first}); "
                           f"the last checkpoint is in {out}") from None
+    finally:
+        if run_dir is not None:
+            run_dir.abandon()  # only a run that never published: its staging folder
     distributed.barrier(world)
     distributed.shutdown(world)
     if not world.is_main:
@@ -269,8 +286,9 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     results = score_splits(lm, {"valid": ids["valid"], "test": ids["test"]}, log)
     run_config.update(results=results, steps=trainer.step, train_seconds=round(trainer.elapsed, 1),
                       stop_reason=trainer.stop_reason)
-    write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
-    write_text(out / checkpoint.CARD, rnn_card(run_config, lm))
+    with reported_write_errors(out):
+        write_json(out / checkpoint.CONFIG, {"format_version": checkpoint.FORMAT_VERSION, **run_config})
+        write_text(out / checkpoint.CARD, rnn_card(run_config, lm))
     return lm
 
 

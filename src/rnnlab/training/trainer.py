@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -20,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from rnnlab.data.batching import batchify, num_windows, windows
 from rnnlab.errors import RnnlabError
+from rnnlab.files import FILE_MODE, reported_write_errors
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.metrics import perplexity, stream_sums
 from rnnlab.models import checkpoint
@@ -101,6 +104,7 @@ class Trainer:
                  cfg: TrainConfig, out: Path, run_config: dict, *, progress: bool = True, log=None,
                  world: World = SINGLE):
         self.lm, self.cfg, self.out = lm, cfg, Path(out)
+        self.named = self.out  # the model directory as the user named it (a new run writes beside it until published)
         self.run_config = run_config
         self.device = lm.device
         self.world = world
@@ -147,6 +151,7 @@ class Trainer:
         self.last_valid_step = -1
         self.stop_reason = ""
         self.layer_norms: dict[str, float] = {}
+        self.publish: Callable[[], Path] | None = None  # set by train() for a new run (NewModelDir.publish)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -283,18 +288,29 @@ class Trainer:
     def save_best(self) -> None:
         state = self.state_dict()  # collective: every rank takes part, rank 0 writes
         if self.world.is_main:
-            checkpoint.save_checkpoint(self.out, self.lm.net, state, self.run_config, self.lm.tokenizer.to_dict())
+            with self._writing():
+                checkpoint.save_checkpoint(self.out, self.lm.net, state, self.run_config,
+                                           self.lm.tokenizer.to_dict())
 
     def save_last(self) -> None:
         state = self.state_dict()
         if self.world.is_main:
-            checkpoint.save_last(self.out, self.lm.net, state, self.run_config, self.lm.tokenizer.to_dict())
+            with self._writing():
+                checkpoint.save_last(self.out, self.lm.net, state, self.run_config, self.lm.tokenizer.to_dict())
 
     def write_metrics(self, record: dict) -> None:
         if not self.world.is_main:
             return
-        with open(self.out / checkpoint.METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        # appended, through no symbolic link (O_NOFOLLOW): a link planted in the folder is an error
+        with self._writing():
+            fd = os.open(self.out / checkpoint.METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         FILE_MODE)
+            with open(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _writing(self):
+        then = f"; the last complete checkpoint is kept: rnnlab train --resume {self.named}" if self.step else ""
+        return reported_write_errors(self.named, then)
 
     def sample(self) -> None:
         if not self.world.is_main:
@@ -309,6 +325,10 @@ class Trainer:
         if self.step == 0:
             self.save_best()  # from the first moment, the directory holds a model that loads
             self.save_last()
+            if self.publish is not None:  # a new run's staging folder becomes its model directory
+                with self._writing():
+                    self.out = self.publish()
+                self.publish = None
         by_time = cfg.time_budget is not None and cfg.epochs is None and cfg.max_steps is None
         total = (60 * cfg.time_budget if by_time else
                  min(x for x in (cfg.max_steps, cfg.epochs and cfg.epochs * self.steps_per_epoch) if x))
