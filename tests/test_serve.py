@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Iterator
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,11 +164,24 @@ def test_model_card_has_config_vocabulary_results_and_limits(client, lm):
     assert card["config"]["model"]["hidden"] == 32
     assert card["steps"] == 40 and card["train_seconds"] >= 0
     assert card["results"]["valid"]["perplexity"] > 1
-    assert card["limits"] == {"max_prompt_chars": 100, "max_tokens": 100_000}
+    assert card["limits"] == {"max_prompt_chars": 100, "max_tokens": 100_000, "max_concurrent": 8}
+
+
+def test_model_card_shows_no_path_and_no_command_line(client, lm, tiny_model):
+    # what a served card shows: how the model was made, the corpus by name and size; not the machine's paths
+    card = client.get("/v1/model").json()
+    assert lm.config["command"] or lm.config["corpus"]["sources"]  # the directory's own config has both
+    text = json.dumps(card)
+    assert "command" not in card["config"] and "sources" not in card["config"]["corpus"]
+    assert str(tiny_model.parent) not in text and "/tmp" not in text and "/home" not in text
+    assert card["config"]["corpus"] == {"name": "corpus.txt", "train_tokens": lm.config["corpus"]["train_tokens"],
+                                        "valid_tokens": lm.config["corpus"]["valid_tokens"],
+                                        "test_tokens": lm.config["corpus"]["test_tokens"]}
+    assert card["config"]["train"]["lr"] == lm.config["train"]["lr"]
 
 
 def test_healthz_is_ok_and_idle(own_client):
-    assert health(own_client) == {"status": "ok", "active_generations": 0, "tokens_generated": 0}
+    assert health(own_client) == {"status": "ok", "active_generations": 0, "waiting": 0, "tokens_generated": 0}
 
 
 def test_openapi_schema_documents_the_endpoints_and_this_servers_caps(client):
@@ -244,9 +260,14 @@ def test_body_without_a_json_content_type_is_422(client):
     assert response.status_code == 422 and response.json()["detail"]
 
 
-def test_body_far_over_the_prompt_cap_is_413_before_it_is_read(client):
+def test_body_far_over_the_prompt_cap_is_413_json_before_it_is_read(client):
     response = client.post("/v1/generate", json={"prompt": "x" * 100_000})
-    assert response.status_code == 413
+    assert response.status_code == 413 and "limit of" in response.json()["detail"]
+    # the same without a Content-Length (chunked): refused once the bytes that arrived pass the cap
+    chunks = (b'{"prompt": "' + b"x" * 10_000 for _ in range(20))
+    response = client.post("/v1/generate", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "limit of" in response.json()["detail"]
+    assert client.post("/v1/generate", json={"prompt": "ROMEO:", "max_tokens": 3}).status_code == 200
 
 
 def test_wrong_method_and_unknown_path_are_json_4xx(client):
@@ -308,6 +329,60 @@ def test_client_that_hangs_up_mid_stream_stops_its_generation(own_client, own_ur
     produced = health(client)["tokens_generated"]
     time.sleep(0.5)
     assert health(client)["tokens_generated"] == produced < LONG
+
+
+def test_client_that_hangs_up_on_a_json_request_stops_its_generation(own_client, own_url):
+    # a non-streamed request: the server would otherwise generate all LONG tokens for nobody
+    host, port = own_url.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "ROMEO:", "max_tokens": LONG}).encode()
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_until(lambda: health(own_client)["tokens_generated"] > 50)
+    wait_until(lambda: health(own_client)["active_generations"] == 0, timeout=5)
+    produced = health(own_client)["tokens_generated"]
+    time.sleep(0.5)
+    assert health(own_client)["tokens_generated"] == produced < LONG
+
+
+def test_at_most_max_concurrent_generations_run_and_the_others_wait_their_turn(lm):
+    with running(create_app(lm, Limits(max_prompt_chars=100, max_tokens=2000, max_concurrent=2))) as url:
+        codes, peak, waited = [], 0, 0
+
+        def one(seed: int) -> None:
+            response = httpx.post(url + "/v1/generate", json={"prompt": "A", "max_tokens": 300, "seed": seed},
+                                  timeout=120)
+            codes.append((response.status_code, response.json()["tokens"]))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while any(t.is_alive() for t in threads):
+                h = health(client)
+                peak, waited = max(peak, h["active_generations"]), max(waited, h["waiting"])
+                time.sleep(0.005)
+        for t in threads:
+            t.join()
+    assert codes == [(200, 300)] * 6
+    assert peak == 2 and waited >= 1
+
+
+def test_every_stream_shares_one_copy_of_the_arranged_weights(lm, monkeypatch):
+    # a Stepper holds a copy of the recurrent weights and the folded embedding table: one per model,
+    # not one per request (200 requests once took a server from 291 MB to 1.6 GB)
+    from rnnlab.inference import sampling
+    made = []
+    real_init = sampling.Stepper.__init__
+    monkeypatch.setattr(sampling.Stepper, "__init__", lambda self, net: (made.append(1), real_init(self, net))[1])
+    sampling._SHARED.clear()
+    streams = [lm.stream("A", length=5, seed=i) for i in range(20)]
+    texts = ["".join(s) for s in streams]
+    assert len(made) == 1 and len(set(texts)) > 1
+    with torch.no_grad():  # new weights (an optimiser step, a load): a new stepper, not stale tables
+        lm.net.decoder.bias.add_(0.0)
+    lm.generate("A", length=5, seed=0)
+    assert len(made) == 2
 
 
 # -- starting and stopping -------------------------------------------------------------------------------

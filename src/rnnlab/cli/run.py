@@ -142,6 +142,8 @@ def serve_parser(sub) -> None:
                    help="longest prompt (default: 4000)")
     p.add_argument("--max-tokens", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="most tokens per request (default: 2000)")
+    p.add_argument("--max-concurrent", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="generations running at once; later requests wait their turn (default: 8)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=serve_command)
 
@@ -152,7 +154,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RnnlabError(f"rnnlab serve needs FastAPI and uvicorn ({e.name} is missing): "
                           "pip install 'rnnlab[serve]'") from None
-    limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens") if hasattr(args, k)}
+    limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens", "max_concurrent") if hasattr(args, k)}
     return main_serve(args.model, args.host, args.port, device=args.device, **limits)
 
 

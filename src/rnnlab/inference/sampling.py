@@ -7,6 +7,8 @@ Strategies: temperature, top-k, nucleus (top-p) and greedy decoding.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Iterator
 
 import torch
@@ -52,6 +54,10 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> (weights' versions, its Stepper)
+_SHARED_LOCK = threading.Lock()
+
+
 class Stepper:
     """One-token steps through an RNNLM: the same arithmetic as `nn.LSTM` / `nn.GRU` / `nn.RNN`,
     arranged for a single token.
@@ -71,6 +77,20 @@ class Stepper:
     """
 
     TABLE_LIMIT = 1 << 22  # entries (16 MB of float32): larger vocabularies look up the embedding instead
+
+    @classmethod
+    def of(cls, net: torch.nn.Module) -> Stepper:
+        """The stepper of `net`, made once and shared by every stream that samples from it: its
+        arranged weights and folded table are as big as the model, so a server with many clients
+        keeps one copy. It is made again only when the weights change (an optimiser step or a load
+        bumps a parameter's version; a move to another device changes its storage)."""
+        key = tuple((p._version, p.data_ptr(), str(p.device), p.dtype) for p in net.parameters())
+        with _SHARED_LOCK:
+            cached = _SHARED.get(net)
+            if cached is None or cached[0] != key:
+                cached = (key, cls(net))
+                _SHARED[net] = cached
+            return cached[1]
 
     def __init__(self, net: torch.nn.Module):
         self.net = net
@@ -163,7 +183,7 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
     with evaluating(net):                                                    # no dropout; the mode comes back after
         logits, _, hidden = net(prompt)                                      # the prompt in one fused call
         logits = logits[:, -1]                                               # (B, V)
-        stepper = Stepper(net)
+        stepper = Stepper.of(net)
         state = stepper.begin(hidden)
         for _ in range(steps):
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -24,6 +24,7 @@ generator is simply never advanced again, so its generation stops with it.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and the request model they name is local to create_app.
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -53,6 +54,7 @@ from rnnlab.inference.loading import load
 from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
+DISCONNECT_CHECK = 8  # a JSON (non-streamed) generation checks every this many tokens whether its client is gone
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,15 @@ class Limits:
     """What one request may ask for; over a limit is a 422 that names it."""
     max_prompt_chars: int = 4_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
     max_tokens: int = 2_000        # tokens per request: a few seconds of CPU for a mid-sized LSTM
+    max_concurrent: int = 8        # generations running at once; later requests wait their turn (first come, first served)
 
     def __post_init__(self):
         if self.max_prompt_chars < 0:
             raise RnnlabError(f"--max-prompt-chars must be >= 0, got {self.max_prompt_chars}")
         if self.max_tokens < 1:
             raise RnnlabError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+        if self.max_concurrent < 1:
+            raise RnnlabError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
 
     @property
     def max_body_bytes(self) -> int:
@@ -95,12 +100,15 @@ class ModelCard(BaseModel):
     steps: int | None = Field(description="optimiser steps it was trained for")
     train_seconds: float | None
     limits: dict = Field(description="this server's caps on prompt length and tokens per request")
-    config: dict = Field(description="the model directory's config.json, as the model card shows it")
+    config: dict = Field(description="how the model was made: architecture, tokenizer, training recipe, and the "
+                                     "corpus by name and size; no file paths and no command line")
 
 
 class Health(BaseModel):
     status: str = "ok"
-    active_generations: int = Field(description="generations running now, streamed or not")
+    active_generations: int = Field(description="generations running now, streamed or not (at most the "
+                                                "server's max_concurrent)")
+    waiting: int = Field(description="requests waiting for a generation slot")
     tokens_generated: int = Field(description="tokens generated since the server started")
 
 
@@ -108,6 +116,7 @@ class Health(BaseModel):
 class Counters:
     # Touched only on the event loop's thread, so they need no lock.
     active_generations: int = 0
+    waiting: int = 0
     tokens_generated: int = 0
 
 
@@ -138,6 +147,72 @@ def request_model(limits: Limits) -> type[BaseModel]:
     return GenerateRequest
 
 
+def public_config(config: dict) -> dict:
+    """What /v1/model shows of config.json: the model, tokenizer, training recipe, results, and the
+    corpus by name and size. Not the command line, nor any path (corpus files, validation files,
+    pretrained vectors): those describe the machine it was trained on, not the model."""
+    corpus = config.get("corpus") or {}
+    embedding = dict(config.get("embedding") or {})
+    if "source" in embedding and embedding["source"] not in ("learned", "onehot", "word2vec"):
+        embedding["source"] = Path(str(embedding["source"])).name
+    embedding.pop("missing_examples", None)
+    shown = {k: v for k, v in config.items() if k not in ("command", "corpus", "embedding")}
+    shown["corpus"] = {"name": Path(str(corpus.get("name", ""))).name,
+                       **{k: corpus[k] for k in ("train_tokens", "valid_tokens", "test_tokens") if k in corpus}}
+    if embedding:
+        shown["embedding"] = embedding
+    return shown
+
+
+class BodyLimit:
+    """A request body over `max_bytes` gets a JSON 413 before it is read: at once when its
+    Content-Length says so, or as soon as a body sent without one (chunked) passes the cap."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def refuse(self, send) -> None:
+        body = json.dumps({"detail": f"the request body is over this server's limit of {self.max_bytes:,} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self.refuse(send)
+            return
+        received, too_large, started = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    return {"type": "http.disconnect"}  # the app stops reading; the 413 is sent below
+            return message
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            if too_large:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await self.refuse(send)
+
+
 # -- generation, off the event loop --------------------------------------------------------------
 
 
@@ -148,8 +223,14 @@ def _advance(pieces: Iterator[str]) -> str | None:
         return next(pieces, None)
 
 
-async def _pieces(lm: TextModel, options: dict, counters: Counters) -> AsyncIterator[str]:
-    """lm.stream, one thread-pool hop per piece: first the prompt, then one piece per new token."""
+async def _pieces(lm: TextModel, options: dict, counters: Counters, slots: asyncio.Semaphore) -> AsyncIterator[str]:
+    """lm.stream, one thread-pool hop per piece: first the prompt, then one piece per new token.
+    A generation runs only while it holds one of the server's `max_concurrent` slots."""
+    counters.waiting += 1
+    try:
+        await slots.acquire()
+    finally:
+        counters.waiting -= 1
     pieces = lm.stream(**options)
     counters.active_generations += 1
     try:
@@ -164,6 +245,7 @@ async def _pieces(lm: TextModel, options: dict, counters: Counters) -> AsyncIter
         # so the generator is idle here and can be closed
         pieces.close()
         counters.active_generations -= 1
+        slots.release()
 
 
 def _sse(data: dict, event: str | None = None) -> str:
@@ -184,9 +266,11 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
     index_html = files("rnnlab").joinpath("static", "index.html").read_text(encoding="utf-8")
     GenerateRequest = request_model(limits)
     counters = Counters()
+    slots = asyncio.Semaphore(limits.max_concurrent)
 
-    app = FastAPI(title=f"rnnlab: {name}", version=__version__, max_body_size=limits.max_body_bytes,
+    app = FastAPI(title=f"rnnlab: {name}", version=__version__,
                   description="Generate text with a recurrent language model trained by rnnlab.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -207,7 +291,7 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
 
     @app.get("/healthz")
     async def health() -> Health:
-        return Health(active_generations=counters.active_generations,
+        return Health(active_generations=counters.active_generations, waiting=counters.waiting,
                       tokens_generated=counters.tokens_generated)
 
     @app.get("/v1/model")
@@ -216,21 +300,28 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
         return ModelCard(name=name, level=lm.tokenizer.kind, vocab_size=lm.tokenizer.vocab_size,
                          parameters=lm.num_parameters(), results=config.get("results", {}),
                          steps=config.get("steps"), train_seconds=config.get("train_seconds"),
-                         limits={"max_prompt_chars": limits.max_prompt_chars, "max_tokens": limits.max_tokens},
-                         config=config)
+                         limits={"max_prompt_chars": limits.max_prompt_chars, "max_tokens": limits.max_tokens,
+                                 "max_concurrent": limits.max_concurrent},
+                         config=public_config(config))
 
     @app.post("/v1/generate", response_model=Generation, responses={200: {
         "description": 'JSON, or with "stream": true one event per piece of text and then a "done" event',
         "content": {"text/event-stream": {"example": STREAM_EXAMPLE}}}})
-    async def generate(request: GenerateRequest):  # type: ignore[valid-type]
+    async def generate(request: GenerateRequest, http: Request):  # type: ignore[valid-type]
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         options = dict(prompt=request.prompt or None, length=request.max_tokens, temperature=request.temperature,
                        top_k=request.top_k, top_p=request.top_p, greedy=request.greedy, seed=seed)
         unknown = lm.tokenizer.unknown(request.prompt) if request.prompt else []
-        pieces = _pieces(lm, options, counters)
+        pieces = _pieces(lm, options, counters, slots)
 
         if not request.stream:
-            text = [piece async for piece in pieces]
+            text = []
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    text.append(piece)
+                    # a client that hung up stops its generation here, as a streamed one does
+                    if len(text) % DISCONNECT_CHECK == 0 and await http.is_disconnected():
+                        return Response(status_code=499)
             return Generation(text="".join(text), tokens=len(text) - 1, seed=seed, unknown=unknown)
 
         async def events() -> AsyncIterator[str]:
@@ -301,9 +392,9 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *,
 
 def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
-               device: str = "cpu", log_level: str = "info") -> int:
+               max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info") -> int:
     """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status."""
-    limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens)
+    limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
     with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
         lm = load(model_dir, device=device)
         app = create_app(lm, limits)
