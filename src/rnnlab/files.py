@@ -125,6 +125,9 @@ def reported_write_errors(directory: Path, then: str = ""):
 def output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create a results folder (and its parents) before the work that fills it, or say in one line why not."""
     path = Path(path)
+    if path.is_symlink():
+        raise RnnlabError(f"{flag} {path} is a symbolic link; rnnlab writes only into real folders (give the folder "
+                          f"it points to)")
     if path.exists() and not path.is_dir():
         raise RnnlabError(f"{flag} {path} is a file, not a folder")
     try:
@@ -134,12 +137,17 @@ def output_dir(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
-def output_file(path: str | Path, flag: str = "--out") -> Path:
-    """Check, before the work that produces it, that a file can be written at `path`."""
+def output_file(path: str | Path, flag: str = "--out", *, overwrite: bool = False) -> Path:
+    """Check, before the work that produces it, that a file can be written at `path`: not through a
+    link, not over a file that exists unless `overwrite`, in a folder that exists and is writable."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    if path.is_symlink():
+        raise RnnlabError(f"cannot write {flag} {path}: it is a symbolic link, and rnnlab writes through no link")
     if path.is_dir():
         raise RnnlabError(f"cannot write {flag} {path}: it is a folder")
+    if path.exists() and not overwrite:
+        raise RnnlabError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another name")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise RnnlabError(f"cannot write {flag} {path}: its folder is missing or not writable")
     return path

@@ -90,3 +90,14 @@ def _describe(hint: Any) -> str:
 def check_seed(seed: int | None, flag: str = "--seed", maximum: int = MAX_SEED) -> None:
     if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed <= maximum):
         raise RnnlabError(f"{flag} must be a whole number from 0 to {maximum}, got {seed!r}")
+
+
+def parse_seed(text: str) -> int:
+    """A --seed on the command line: a whole number numpy and torch both accept."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {seed}")
+    return seed

@@ -76,13 +76,14 @@ def embeddings_parser(sub) -> None:
     p = sub.add_parser("embeddings", help="export a model's input embedding as a word2vec text file")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.set_defaults(run=embeddings_command)
 
 
 def embeddings_command(args: argparse.Namespace) -> int:
     from rnnlab.files import output_file, reported_write_errors
     from rnnlab.models.embeddings import export
-    output_file(args.out)
+    output_file(args.out, overwrite=args.overwrite)
     lm = _embedding_table(args.model)
     if lm.tokenizer.kind == "char":
         raise RnnlabError("a char-level vocabulary has whitespace tokens, which word2vec text files cannot hold")

@@ -95,7 +95,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE")
+    p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE (a new file, or any "
+                   "file with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=generate_command)
 
@@ -110,7 +112,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
-        output_file(args.out)
+        output_file(args.out, overwrite=args.overwrite)
     lm = load(args.model, device=args.device)
     texts = []
     for i in range(args.num_samples):

@@ -11,7 +11,7 @@ from rnnlab.cli.run import CORPUS_FLAGS
 from rnnlab.errors import RnnlabError
 from rnnlab.files import output_dir, reported_write_errors
 from rnnlab.models.registry import COMPARED
-from rnnlab.options import parse_clip
+from rnnlab.options import parse_clip, parse_seed
 from rnnlab.training.config import DataConfig
 
 DEFAULT_CELLS = ",".join(COMPARED)
@@ -45,7 +45,7 @@ def gradients_parser(sub) -> None:
                    help="instead: train N steps per --clip value and plot the loss curves")
     p.add_argument("--clip", default="none,1.0", metavar="LIST", help="with --train-steps (default: none,1.0)")
     p.add_argument("--lr", type=float, default=1.0, metavar="X", help="with --train-steps: SGD lr (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     p.add_argument("--out", metavar="DIR", default="runs/gradients", help="default: runs/gradients")
     p.set_defaults(run=gradients_command)
 
@@ -100,7 +100,7 @@ def longrange_parser(sub) -> None:
     p.add_argument("--hidden", type=int, default=64, metavar="N", help="units (default: 64)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="cap for the whole sweep, shared evenly by its runs")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     p.add_argument("--out", metavar="DIR", default=None, help="write longrange.csv and longrange.png here")
     p.set_defaults(run=longrange_command)
 
@@ -162,7 +162,7 @@ def reference_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=0.1, metavar="X", help="Adagrad learning rate (default: 0.1)")
     p.add_argument("--length", type=int, default=300, metavar="N", help="characters to sample (default: 300)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     p.add_argument("--encoding", default="utf-8")
     p.set_defaults(run=reference_train_command)
 
@@ -172,6 +172,8 @@ def reference_train_command(args: argparse.Namespace) -> int:
 
     from rnnlab.data.corpus import read_file
     from rnnlab.studies import reference
+    reference.check_settings(hidden=args.hidden, seq_len=args.seq_len, steps=args.steps, lr=args.lr,
+                             length=args.length, temperature=args.temperature)
     text = read_file(Path(args.file), args.encoding)
     if len(text) > reference.MAX_CHARS:
         print(f"rnnlab: note: {len(text):,} characters; the NumPy reference reads only the first "
@@ -201,7 +203,7 @@ def hopfield_parser(sub) -> None:
     p.add_argument("--noise", type=float, default=0.1, metavar="F", help="fraction of bits flipped (default: 0.1)")
     p.add_argument("--units", type=int, default=200, metavar="N", help="units in the capacity sweep (default: 200)")
     p.add_argument("--trials", type=int, default=10, metavar="N", help="trials per point of the sweep (default: 10)")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--seed", type=parse_seed, default=0, metavar="N")
     p.add_argument("--out", metavar="DIR", default=None, help="write hopfield.csv and hopfield.png here")
     p.set_defaults(run=hopfield_command)
 

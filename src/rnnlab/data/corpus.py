@@ -78,6 +78,14 @@ def find_files(source: str, glob: str = "*.txt") -> list[Path]:
     if path.exists() and not path.is_dir():
         raise RnnlabError(f"{source} is not a regular file or a folder (a pipe or a device?); give a text file")
     if path.is_dir():
+        if Path(glob).is_absolute() or ".." in Path(glob).parts or not glob.strip():
+            raise RnnlabError(f"--glob is a pattern for files inside the folder, such as *.txt or **/*.md; "
+                              f"got {glob!r}")
+        try:  # rglob skips a folder it cannot read without a word; say it instead
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as e:
+            raise RnnlabError(f"cannot read the folder {path}: {e.strerror}") from None
         files = sorted(p for p in path.rglob(glob) if p.is_file())
         if not files:
             raise RnnlabError(f"no files matching {glob!r} under {path}; pass --glob to choose other files")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rnnlab.data.corpus import NAMED, Corpus, load_corpus, read_sources
 from rnnlab.data.tokencache import ids_sha256
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.lm import TextModel
 from rnnlab.inference.loading import load
+from rnnlab.models import checkpoint
 
 
 def evaluate(model, corpus=None, *, split: str | None = None, text: str | None = None, progress: bool = True,
@@ -48,9 +51,7 @@ def scored_split(corpus, split: str | None, options: dict) -> str | None:
 
 
 def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
-    saved = lm.config.get("corpus") or {}
-    if not saved.get("sources"):
-        raise RnnlabError("the model does not record its corpus; pass a corpus to evaluate on")
+    saved = checkpoint.recorded_corpus(lm.config, lm.path or Path("."))
     options = {k: saved[k] for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
                if saved.get(k) is not None}
     corpus = load_corpus(saved["sources"], progress=progress, **options)

@@ -236,6 +236,33 @@ def read_config(directory: Path) -> dict:
     return config
 
 
+_CORPUS_FIELDS = {"valid": str, "test": str, "glob": str, "encoding": str, "valid_fraction": (int, float),
+                  "pretokenized": bool, "train_sha256": str, "name": str}
+
+
+def recorded_corpus(config: dict, directory: Path) -> dict:
+    """The corpus config.json records (sources and options), checked, for evaluate and --resume."""
+    corpus = config.get("corpus")
+    sources = corpus.get("sources") if isinstance(corpus, dict) else None
+    usable = (isinstance(sources, list) and sources and all(isinstance(s, str) and s for s in sources)
+              and all(corpus.get(k) is None or _is(corpus[k], kind) for k, kind in _CORPUS_FIELDS.items()))
+    if not usable:
+        raise RnnlabError(f"{Path(directory) / CONFIG} does not record a usable corpus; pass the corpus")
+    return corpus
+
+
+def _is(value, kind) -> bool:
+    """isinstance, except that a JSON true is not a number."""
+    return isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+
+
+def recorded_sections(config: dict, directory: Path, *names: str) -> None:
+    """Check that config.json's `names` sections are JSON objects (a crafted file may hold anything)."""
+    for name in names:
+        if not isinstance(config.get(name), dict):
+            raise RnnlabError(f"{Path(directory) / CONFIG} has no valid {name!r} section; the directory is corrupt")
+
+
 def read_tokenizer_dict(directory: Path) -> dict:
     path = Path(directory) / TOKENIZER
     if path.exists() and not path.is_file():  # a FIFO would block the read forever

@@ -84,15 +84,19 @@ class ModelConfig:
         return table + recurrent + H * V + V
 
     def check_fits(self, memory_bytes: int, copies: int, what: str,
-                   fix: str = "choose a smaller --hidden, --embed-dim, --layers or --max-vocab") -> None:
-        """Refuse a model whose `copies` float32 copies (weights, gradients, optimiser moments) exceed
-        `memory_bytes`."""
-        need = 4 * copies * self.approx_parameters()
+                   fix: str = "choose a smaller --hidden, --embed-dim, --layers or --max-vocab", *,
+                   batch: int = 0, steps: int = 0, extra_bytes: int = 0) -> None:
+        """Refuse a model whose `copies` float32 copies (weights, gradients, optimiser moments), plus
+        the activations one batch keeps for backward (every layer's gates and the logits, at each of
+        `steps` steps of `batch` sequences) and `extra_bytes`, exceed `memory_bytes`."""
+        per_token = self.layers * CELLS[self.cell].gates * self.hidden * 2 + self.vocab_size * 2
+        need = 4 * (copies * self.approx_parameters() + batch * steps * per_token) + extra_bytes
         if need > memory_bytes:
             raise RnnlabError(f"a {self.layers}x{self.hidden} {self.cell} with embedding {self.embed_dim} and "
-                              f"vocabulary {self.vocab_size:,} has about {self.approx_parameters():.3g} parameters: "
-                              f"{what} needs {need / 1e9:,.3g} GB, more than this machine's "
-                              f"{memory_bytes / 1e9:,.3g} GB of memory; {fix}")
+                              f"vocabulary {self.vocab_size:,} has about {self.approx_parameters():.3g} parameters"
+                              f"{f' and batches of {batch:,} x {steps:,} tokens' if batch else ''}: {what} needs "
+                              f"{need / 1e9:,.3g} GB, more than this machine's {memory_bytes / 1e9:,.3g} GB of "
+                              f"memory; {fix}")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:

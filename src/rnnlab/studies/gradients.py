@@ -40,7 +40,8 @@ from rnnlab.models.registry import COMPARED
 from rnnlab.data.corpus import load_corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.loading import load
-from rnnlab.models.config import ModelConfig
+from rnnlab.models import checkpoint
+from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.rnnlm import RNNLM
 from rnnlab.data.tokenizers import CharTokenizer
 
@@ -97,11 +98,15 @@ def set_spectral_radius(rnn: nn.Module, radius: float) -> None:
 
 
 def fresh_model(cell: str, vocab_size: int, *, hidden: int, layers: int, recurrent_init_scale: float | None,
-                seed: int) -> RNNLM:
+                seed: int, batch: int = 0, steps: int = 0, extra_bytes: int = 0) -> RNNLM:
+    """A new model; with `batch` and `steps`, one checked first to fit in memory with a batch of that size."""
     torch.manual_seed(seed)
     # small input vectors (pytorch/examples' uniform(-0.1, 0.1)): the recurrence, not the input, then
     # decides how the hidden state and its gradient grow, which is what these experiments look at
-    net = RNNLM(ModelConfig(vocab_size, cell=cell, embed_dim=hidden, hidden=hidden, layers=layers, embed_init="uniform"))
+    config = ModelConfig(vocab_size, cell=cell, embed_dim=hidden, hidden=hidden, layers=layers, embed_init="uniform")
+    config.check_fits(memory_bytes(), copies=2, what="this study", fix="choose smaller sizes", batch=batch,
+                      steps=steps, extra_bytes=extra_bytes)
+    net = RNNLM(config)
     if recurrent_init_scale is not None:
         set_spectral_radius(net.rnn, recurrent_init_scale)
     return net
@@ -141,18 +146,20 @@ def measure(cells=COMPARED, *, model_dir: str | Path | None = None, corpus: str 
         if recurrent_init_scale is not None:
             raise RnnlabError("--recurrent-init-scale rescales fresh models; it cannot be used with a model directory")
         lm = load(model_dir)
-        sources = corpus if corpus is not None else lm.config.get("corpus", {}).get("sources")
-        if not sources:
-            raise RnnlabError(f"{model_dir} does not say which corpus it was trained on; pass --corpus")
+        sources = corpus if corpus is not None else checkpoint.recorded_corpus(lm.config, Path(model_dir))["sources"]
         text = load_corpus(sources, progress=False).valid
         models = {lm.net.config.cell: lm.net}
         ids = lm.tokenizer.encode(text)
+        lm.net.config.check_fits(memory_bytes(), copies=2, what="this study", fix="choose smaller sizes",
+                                 batch=batch_size, steps=seq_len, extra_bytes=8 * batches * batch_size * (seq_len + 1))
     else:
         split = load_corpus(corpus if corpus is not None else "pydocs", progress=False)
         tokenizer = CharTokenizer.fit(split.train)
         ids = tokenizer.encode(split.valid)
         models = {cell: fresh_model(cell, tokenizer.vocab_size, hidden=hidden, layers=layers,
-                                    recurrent_init_scale=recurrent_init_scale, seed=seed) for cell in cells}
+                                    recurrent_init_scale=recurrent_init_scale, seed=seed, batch=batch_size,
+                                    steps=seq_len, extra_bytes=8 * batches * batch_size * (seq_len + 1))
+                  for cell in cells}
     windows = token_windows(ids, batches * batch_size, seq_len + 1, seed=seed)   # (N, T + 1)
     data = [(w[:, :-1], w[:, -1]) for w in windows.split(batch_size)]            # (B, T) inputs, (B,) targets
     return {cell: hidden_grad_norms(net.eval(), data) for cell, net in models.items()}
@@ -184,6 +191,8 @@ def clip_experiment(clips=(None, 1.0), *, cell: str = "rnn", corpus: str | list[
     split = load_corpus(corpus, progress=False)
     tokenizer = CharTokenizer.fit(split.train)
     ids = tokenizer.encode(split.train)
+    fresh_model(cell, tokenizer.vocab_size, hidden=hidden, layers=1, recurrent_init_scale=None, seed=seed,
+                batch=batch_size, steps=seq_len, extra_bytes=8 * steps * batch_size * (seq_len + 1))  # fits?
     windows = token_windows(ids, steps * batch_size, seq_len + 1, seed=seed).split(batch_size)
     curves = {}
     for clip in clips:

@@ -145,6 +145,8 @@ def recall_snippets(snippets, noise: float, rng: np.random.Generator) -> list[di
     one dict per snippet with the probe, the recalled text, whether it is exact, and the energies."""
     if not 0 <= noise < 0.5:
         raise RnnlabError(f"--noise must be in [0, 0.5), got {noise}")
+    if not snippets or not all(snippets):
+        raise RnnlabError("--snippets needs at least one non-empty text to store")
     width = max(len(s) for s in snippets)
     patterns = np.stack([encode_text(s, width) for s in snippets])       # (P, 8 * width)
     weights = store(patterns)

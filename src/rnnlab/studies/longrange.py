@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from rnnlab.errors import RnnlabError
 from rnnlab.files import write_text
+from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.registry import COMPARED
 from rnnlab.models.rnnlm import evaluating
 
@@ -277,8 +278,12 @@ def run(task: str, cells=COMPARED, lengths=None, *, steps: int | None = None, ba
         raise RnnlabError(f"--lr and --time-budget must be > 0, got {lr} and {time_budget_s}")
     spec = TASKS[task]
     lengths = spec.lengths if lengths is None else lengths
+    for cell in cells:  # a size this machine cannot hold fails now, not after minutes of training
+        ModelConfig(max(spec.inputs, spec.outputs), cell=cell, embed_dim=hidden, hidden=hidden, layers=1).check_fits(
+            memory_bytes(), copies=4, what="this task", fix="choose a smaller --hidden or shorter --lengths",
+            batch=batch_size, steps=max([*lengths, 0]) if all(isinstance(n, int) for n in lengths) else 0)
     for length in lengths:
-        spec.batch(1, length)  # a bad length fails now, not after minutes of training
+        spec.batch(1, length)  # and so does a bad length
     return [train_one(spec, cell, length, steps=spec.steps if steps is None else steps, batch_size=batch_size,
                       hidden=hidden, lr=lr, time_budget_s=time_budget_s, seed=seed, log=log)
             for length in lengths for cell in cells]

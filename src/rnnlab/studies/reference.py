@@ -15,6 +15,7 @@ hold the hand-written gradients against autograd's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -117,6 +118,22 @@ class NumpyRNN:
         return out
 
 
+def check_settings(*, hidden: int = 64, seq_len: int = 25, steps: int = 2000, lr: float = 0.1, length: int = 0,
+                   temperature: float = 1.0) -> None:
+    """One clear error for a setting the reference cannot run with (called before any work starts)."""
+    for name, value in (("hidden", hidden), ("seq-len", seq_len), ("steps", steps)):
+        if value < 1:
+            raise RnnlabError(f"--{name} must be at least 1, got {value}")
+    if hidden > 4096:  # plain NumPy, one character at a time: beyond this it would run for hours
+        raise RnnlabError(f"--hidden {hidden} is more than the NumPy reference is for (at most 4096); "
+                          f"use rnnlab train for big models")
+    if length < 0:
+        raise RnnlabError(f"--length must be >= 0, got {length}")
+    for name, value in (("lr", lr), ("temperature", temperature)):
+        if not 0 < value < math.inf:
+            raise RnnlabError(f"--{name} must be a positive number, got {value}")
+
+
 def train_text(text: str, *, hidden: int = 64, seq_len: int = 25, steps: int = 2000, lr: float = 0.1,
                seed: int = 0, clip: float = 5.0,
                progress: Callable[[int, float], None] | None = None) -> tuple[NumpyRNN, list[str], list[float]]:
@@ -130,6 +147,7 @@ def train_text(text: str, *, hidden: int = 64, seq_len: int = 25, steps: int = 2
     """
     if len(text) < 2:
         raise RnnlabError("the training text needs at least 2 characters (one input and its target)")
+    check_settings(hidden=hidden, seq_len=seq_len, steps=steps, lr=lr)
     seq_len = min(seq_len, len(text) - 1)
     chars = sorted(set(text))                                   # the vocabulary: token id i is chars[i]
     index = {c: i for i, c in enumerate(chars)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rnnlab.data import tokencache
 from rnnlab.data.corpus import Corpus, load_corpus
 from rnnlab.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnlab.devices import pick_device
-from rnnlab.errors import RnnlabError
+from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.files import reported_write_errors, write_json, write_text
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.models import checkpoint
@@ -30,7 +31,8 @@ from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.rnnlm import RNNLM, cpu_lstm_runs_in_bf16
 from rnnlab.training import distributed
 from rnnlab.training.card import model_card, score_splits
-from rnnlab.training.config import BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig, split_options
+from rnnlab.training.config import (BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig, field_names,
+                                    split_options)
 from rnnlab.training.presets import apply_preset
 from rnnlab.training.trainer import Trainer, seed_everything
 from rnnlab.version import __version__
@@ -114,6 +116,8 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
     if saved.get("model_type", "rnn") != "rnn":
         raise RnnlabError(f"{out} holds a {saved.get('model_type')} baseline; baselines train in one go "
                           f"and cannot be resumed (train it again with --overwrite)")
+    checkpoint.recorded_sections(saved, out, "model", "tokenizer", "train")
+    checkpoint.recorded_corpus(saved, out)
     clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
                for k, v in run.model.items()
                if k in saved["model"] and saved["model"][k] != (list(v) if isinstance(v, tuple) else v)]
@@ -126,7 +130,7 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
         raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
                           f"drop those options or train a new model with --out")
     corpus = saved["corpus"] if not corpus_given else {k: getattr(run.data, k) for k in _CORPUS_OPTIONS}
-    run.data = DataConfig(**{k: tok[k] for k in _TOKENIZER_OPTIONS},
+    run.data = DataConfig(**{k: tok.get(k) for k in _TOKENIZER_OPTIONS},
                           **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
                           pretokenized=corpus.get("pretokenized"), cache=run.data.cache)
     return saved
@@ -147,8 +151,16 @@ def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
     are word-level unless told otherwise."""
     level = data.level or ("word" if corpus.pretokenized else "char")
     settings = dict(level=level, **data.vocab_settings(level), pretokenized=corpus.pretokenized)
-    return tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
-                                    tokenizer=tokenizer, cache=data.cache, log=log)
+    tokenizer, ids, cached = tokencache.encode_corpus(
+        corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings), tokenizer=tokenizer,
+        cache=data.cache, log=log)
+    unknown = float(np.mean(ids["train"] == tokenizer.unk_id)) if tokenizer.unk_id is not None else 0.0
+    if unknown > 0.5:
+        vocab = data.vocab_settings(level)
+        warnings.warn(f"{unknown:.0%} of the training tokens are <unk> (vocabulary {tokenizer.vocab_size:,}: --max-vocab "
+                      f"{vocab['max_vocab']}, --min-freq {vocab['min_freq']}); a model that predicts <unk> well says "
+                      f"little about the text: lower --min-freq or raise --max-vocab", RnnlabWarning, stacklevel=2)
+    return tokenizer, ids, cached
 
 
 def default_out(corpus: Corpus, what: str) -> Path:
@@ -197,7 +209,8 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
     if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
-        train_config = TrainConfig(**{**saved["train"], **run.train})
+        known = field_names(TrainConfig)  # a newer or crafted config.json may hold others
+        train_config = TrainConfig(**{**{k: v for k, v in saved["train"].items() if k in known}, **run.train})
     else:
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **run.model) if not run.embedding.pretrained \
             else None
@@ -211,7 +224,9 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **{"embed_dim": vectors.vector_size, **run.model})
 
     # the output folder and the processes
-    model_config.check_fits(memory_bytes(), copies=4, what="training (weights, gradients, two Adam moments)")
+    model_config.check_fits(memory_bytes(), copies=4, what="training (weights, gradients, two Adam moments)",
+                            fix="choose a smaller --hidden, --embed-dim, --layers, --max-vocab, --batch-size or "
+                                "--bptt", batch=train_config.batch_size, steps=train_config.bptt)
     chosen_device = pick_device(train_config.device)  # a device this machine lacks: refused before any write
     world = distributed.init(train_config.device)
     if world.active:
