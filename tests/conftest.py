@@ -12,6 +12,7 @@ One spelling of each thing the tests share:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -88,6 +89,23 @@ def tiny_model(tmp_path_factory) -> Path:
     (root / "corpus.txt").write_text(shakespeare(30_000), encoding="utf-8")
     rnnlab.train(str(root / "corpus.txt"), root / "tiny", max_steps=40, **TINY, **QUIET)
     return root / "tiny"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under root (hidden ones too): links by target, files by a hash of their bytes; links are
+    not followed. Two snapshots are equal when nothing under root was added, removed or changed."""
+    tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                tree[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                tree[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                tree[rel] = "dir"
+    return tree
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_a_given_corpus_is_split_and_scored_like_the_training_corpus(tiny_model,
 def test_a_model_that_does_not_record_its_corpus_needs_one(tiny_model):
     lm = rnnlab.load(tiny_model)
     lm.config = {k: v for k, v in lm.config.items() if k != "corpus"}
-    with pytest.raises(RnnlabError, match="does not record its corpus"):
+    with pytest.raises(RnnlabError, match="does not record a usable corpus; pass the corpus"):
         rnnlab.evaluate(lm)
 
 

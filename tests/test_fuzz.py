@@ -15,7 +15,6 @@ before any work starts).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import cli, shakespeare
+from conftest import cli, shakespeare, snapshot
 
 TIME_LIMIT = 60  # seconds per example; a hang (a FIFO read, a dead worker thread) fails instead of blocking
 
@@ -85,22 +84,6 @@ def reset(sandbox: Path, tiny_model: Path) -> None:
     (sandbox / "emptyfolder").mkdir()
     (sandbox / "victim").mkdir()
     (sandbox / "victim" / "precious.txt").write_text("do not touch\n")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under root: links by target, files by a hash of their bytes (links are not followed)."""
-    tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                tree[rel] = "link:" + os.readlink(path)
-            elif path.is_file():
-                tree[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                tree[rel] = "dir"
-    return tree
 
 
 def run(sandbox: Path, tiny_model: Path, argv: list[str], out: str | None, prepare=None) -> None:

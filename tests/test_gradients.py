@@ -152,7 +152,7 @@ def test_a_trained_model_directory_is_measured_under_its_own_cell(text_file, tmp
                  layers=1, batch_size=4, bptt=16, max_steps=2, progress=False, log=lambda m: None)
     result = measure(model_dir=tmp_path / "m", corpus=str(text_file), seq_len=10, batches=1, batch_size=2)
     assert list(result) == ["gru"] and len(result["gru"]) == 10
-    with pytest.raises(RnnlabError, match="does not say which corpus"):
+    with pytest.raises(RnnlabError, match="does not record a usable corpus; pass the corpus"):
         measure(model_dir=tmp_path / "m", seq_len=10)
     with pytest.raises(RnnlabError, match="fresh models"):
         measure(model_dir=tmp_path / "m", corpus=str(text_file), recurrent_init_scale=2.0)

@@ -12,7 +12,6 @@ The README's promises, each tried here the way a careless user (or a kill, or a 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,22 +22,8 @@ from pathlib import Path
 import pytest
 
 import rnnlab
-from conftest import cli, refused, shakespeare, tiny_args
+from conftest import cli, refused, shakespeare, snapshot, tiny_args
 from rnnlab.models import checkpoint
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every entry under `root` (hidden ones too) and a hash of each file's bytes (links: their target)."""
-    tree = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            tree[key] = "link:" + os.readlink(path)
-        elif path.is_file():
-            tree[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            tree[key] = "dir"
-    return tree
 
 
 @pytest.fixture

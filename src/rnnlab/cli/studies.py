@@ -212,6 +212,7 @@ def hopfield_command(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnnlab.studies import hopfield
+    hopfield.check_sweep(args.units, args.trials)  # before the snippets: the sweep's settings are checked first
     rng = np.random.default_rng(args.seed)
     results = hopfield.recall_snippets(args.snippets, args.noise, rng)
     width = max(len(s) for s in args.snippets)

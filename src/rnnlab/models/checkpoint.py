@@ -240,11 +240,13 @@ _CORPUS_FIELDS = {"valid": str, "test": str, "glob": str, "encoding": str, "vali
                   "pretokenized": bool, "train_sha256": str, "name": str}
 
 
-def recorded_corpus(config: dict, directory: Path) -> dict:
-    """The corpus config.json records (sources and options), checked, for evaluate and --resume."""
+def recorded_corpus(config: dict, directory: Path, *, sources: bool = True) -> dict:
+    """The corpus config.json records (options, and the sources unless `sources=False`: a model
+    trained on text given from Python has none), checked, for evaluate and --resume."""
     corpus = config.get("corpus")
-    sources = corpus.get("sources") if isinstance(corpus, dict) else None
-    usable = (isinstance(sources, list) and sources and all(isinstance(s, str) and s for s in sources)
+    files = corpus.get("sources") if isinstance(corpus, dict) else None
+    usable = (isinstance(corpus, dict)
+              and (isinstance(files, list) and files and all(isinstance(f, str) and f for f in files) or not sources)
               and all(corpus.get(k) is None or _is(corpus[k], kind) for k, kind in _CORPUS_FIELDS.items()))
     if not usable:
         raise RnnlabError(f"{Path(directory) / CONFIG} does not record a usable corpus; pass the corpus")

@@ -160,10 +160,17 @@ def recall_snippets(snippets, noise: float, rng: np.random.Generator) -> list[di
     return results
 
 
+MAX_UNITS = MAX_TRIALS = 10_000  # 10,000 units: 100 million weights (800 MB); a sweep beyond either runs for hours
+
+
+def check_sweep(units: int, trials: int) -> None:
+    if not (1 <= units <= MAX_UNITS and 1 <= trials <= MAX_TRIALS):
+        raise RnnlabError(f"--units and --trials must be from 1 to {MAX_UNITS:,}, got {units} and {trials}")
+
+
 def capacity_sweep(units: int, trials: int, noise: float, rng: np.random.Generator) -> list[tuple[int, float]]:
     """(patterns stored, recall rate) at the loads of LOADS, for `units` units."""
-    if units < 1 or trials < 1:
-        raise RnnlabError(f"--units and --trials must be at least 1, got {units} and {trials}")
+    check_sweep(units, trials)
     counts = sorted({max(1, round(load * units)) for load in LOADS})
     return capacity_experiment(units, counts, trials, noise, rng)
 

@@ -117,7 +117,6 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
         raise RnnlabError(f"{out} holds a {saved.get('model_type')} baseline; baselines train in one go "
                           f"and cannot be resumed (train it again with --overwrite)")
     checkpoint.recorded_sections(saved, out, "model", "tokenizer", "train")
-    checkpoint.recorded_corpus(saved, out)
     clashes = [f"--{k.replace('_', '-')} {v} (the run has {saved['model'][k]})"
                for k, v in run.model.items()
                if k in saved["model"] and saved["model"][k] != (list(v) if isinstance(v, tuple) else v)]
@@ -129,6 +128,7 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
     if clashes:
         raise RnnlabError(f"--resume {out} is a different model: {'; '.join(clashes)}; "
                           f"drop those options or train a new model with --out")
+    checkpoint.recorded_corpus(saved, out, sources=not corpus_given)
     corpus = saved["corpus"] if not corpus_given else {k: getattr(run.data, k) for k in _CORPUS_OPTIONS}
     run.data = DataConfig(**{k: tok.get(k) for k in _TOKENIZER_OPTIONS},
                           **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
