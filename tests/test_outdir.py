@@ -12,6 +12,7 @@ The README's promises, each tried here the way a careless user (or a kill, or a 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -126,34 +127,40 @@ def checkpoint_world():
 
 
 KILL_IN_FIRST_SAVE = textwrap.dedent("""
-    import os, sys
+    # each run of argv-lists (JSON) in a fork of one process that has imported torch once; each run
+    # dies inside its step-0 save (os._exit: no finally, no cleanup, as a kill -9 would)
+    import json, os, sys
+    import torch._dynamo  # noqa: F401  (what the first optimizer would import: paid once, before the forks)
+    import rnnlab.training.pipeline  # noqa: F401
+    from rnnlab.cli import main
     from rnnlab.models import checkpoint
     real = checkpoint.save_weights
     def save_then_die(model, path):
         real(model, path)
-        os._exit(9)            # the process dies inside the step-0 save: no finally, no cleanup
+        os._exit(9)
     checkpoint.save_weights = save_then_die
-    from rnnlab.cli import main
-    sys.exit(main(sys.argv[1:]))
+    codes = []
+    for argv in json.loads(sys.argv[1]):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(main(argv))
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    print(json.dumps(codes))
 """)
 
 
 def test_a_kill_inside_the_first_save_leaves_nothing_that_blocks_the_next_run(corpus, tiny_model, tmp_path):
-    for existing in (False, True):
-        out = tmp_path / f"m{int(existing)}"
-        if existing:
-            shutil.copytree(tiny_model, out)
-        args = ["train", str(corpus), "--out", str(out), *tiny_args(), "--max-steps", "3"] + \
-            (["--overwrite"] if existing else [])
-        died = subprocess.run([sys.executable, "-c", KILL_IN_FIRST_SAVE, *args], capture_output=True, text=True,
-                              timeout=300)
-        assert died.returncode == 9, died.stderr
-        if existing:
-            assert snapshot(out) == snapshot(tiny_model)   # the old model, whole
-        else:
-            assert not out.exists()                        # no half-made model directory
-        assert train(corpus, out, *(["--overwrite"] if existing else [])).returncode == 0
-        assert rnnlab.load(out).config["steps"] == 3
+    shutil.copytree(tiny_model, tmp_path / "m1")           # m0: a new run; m1: a run replacing a model
+    runs = [["train", str(corpus), "--out", str(tmp_path / f"m{i}"), *tiny_args(), "--max-steps", "3",
+             *(["--overwrite"] if i else [])] for i in (0, 1)]
+    died = subprocess.run([sys.executable, "-c", KILL_IN_FIRST_SAVE, json.dumps(runs)], capture_output=True,
+                          text=True, timeout=300)
+    assert json.loads(died.stdout) == [9, 9], died.stderr
+    assert not (tmp_path / "m0").exists()                       # no half-made model directory
+    assert snapshot(tmp_path / "m1") == snapshot(tiny_model)    # the old model, whole
+    for i in (0, 1):
+        assert train(corpus, tmp_path / f"m{i}", *(["--overwrite"] if i else [])).returncode == 0
+        assert rnnlab.load(tmp_path / f"m{i}").config["steps"] == 3
     # the staging folders the kills left were cleaned up by the runs that followed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "m0", "m1"]
 
@@ -209,3 +216,23 @@ def test_a_failed_write_of_the_training_state_is_one_line(corpus, tmp_path, monk
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"rnnlab: error: cannot write in {out}: the disk is full; free some space"
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_resume_on_a_read_only_folder_is_one_line(tiny_model, tmp_path, monkeypatch):
+    import rnnlab.files
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model, out)
+    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"\0")   # a leftover that cannot be removed either
+    before = snapshot(out)
+
+    def read_only(*args, **kwargs):  # every new file fails, as on a read-only mount
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(rnnlab.files.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    result = cli("train", "--resume", out, "--max-steps", "45", "--quiet")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"rnnlab: error: cannot write in {out}: the file system is "
+                                                      f"read-only; make it writable")
+    monkeypatch.undo()
+    assert snapshot(out) == before

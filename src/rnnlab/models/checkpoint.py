@@ -17,6 +17,7 @@ still holds a complete checkpoint and `resume_dir` finds it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -137,7 +138,8 @@ def _some(names: list[str]) -> str:
 
 
 def clean_leftovers(directory: Path) -> None:
-    """Remove the temporary files and staging folders that kills left in a model directory."""
+    """Remove the temporary files and staging folders that kills left in a model directory (best
+    effort: on a read-only folder the run's first write says what is wrong)."""
     for entry in (directory, directory / LAST):
         if entry.is_dir() and not entry.is_symlink():
             for path in entry.iterdir():
@@ -145,7 +147,8 @@ def clean_leftovers(directory: Path) -> None:
                     if path.is_dir() and not path.is_symlink():
                         shutil.rmtree(path, ignore_errors=True)
                     else:
-                        path.unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):
+                            path.unlink()
 
 
 def check_no_links(directory: Path) -> None:
