@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/rnnlab train pydocs --preset cpu-90s --out runs/demo --overwrite
 	@echo
-	@echo "=== rnnlab generate runs/demo --prompt 'Return the ' --length 600 --temperature 0.7 --seed 1 ==="
-	$(BIN)/rnnlab generate runs/demo --prompt "Return the " --length 600 --temperature 0.7 --seed 1
+	$(BIN)/rnnlab generate runs/demo --prompt "Return the " --length 600 --temperature 0.7 --seed 1 --no-repeat-ngram 12
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup

@@ -48,6 +48,35 @@ def test_generate_out_is_not_created_when_generation_fails(tmp_path):
     refused(cli("generate", tmp_path / "not-a-model", "--out", tmp_path / "missing" / "o.txt"), "cannot write --out")
 
 
+def test_generate_stop_and_repetition_flags(tiny_model, tmp_path):
+    free = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "200", "--seed", "2").stdout
+    stop = free[6:][30:32]
+    cut = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "200", "--seed", "2", "--stop", stop,
+              "--out", tmp_path / "o.txt")
+    assert cut.returncode == 0 and cut.stdout == free[:6 + free[6:].find(stop)] + "\n"
+    assert (tmp_path / "o.txt").read_text() == cut.stdout
+    lines = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "200", "--seed", "2", "--stop", "\\n")
+    assert lines.stdout.count("\n") == 1                     # \n typed in a shell is a newline
+    grams = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "200", "--seed", "2", "--greedy",
+                "--no-repeat-ngram", "6").stdout.rstrip("\n")
+    assert len({grams[i:i + 6] for i in range(len(grams) - 5)}) == len(grams) - 5
+    refused(cli("generate", tiny_model, "--repetition-penalty", "0.5"), "--repetition-penalty must be a number >= 1")
+
+
+def test_warnings_never_run_into_the_generated_text(tiny_model):
+    # stdout and stderr into one stream, as on a terminal: the warning has a line of its own
+    import contextlib
+    import io
+    from rnnlab.cli import main
+    both = io.StringIO()
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        assert main(["generate", str(tiny_model), "--prompt", "a ж€", "--length", "30", "--seed", "1"]) == 0
+    lines = both.getvalue().splitlines()
+    warned = [line for line in lines if "rnnlab: warning:" in line]
+    assert len(warned) == 1 and warned[0].startswith("rnnlab: warning: ") and "'ж'" in warned[0]
+    assert lines[0].startswith("a ж€")
+
+
 def test_num_samples(tiny_model):
     result = cli("generate", tiny_model, "--length", "20", "--num-samples", "3", "--seed", "1")
     assert result.returncode == 0 and result.stdout.count("-" * 40) == 2

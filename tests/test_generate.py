@@ -154,3 +154,73 @@ def test_sampling_gives_the_network_back_in_the_mode_it_had():
         lm.net.train(training)
         lm.generate("ab", length=5, seed=0)
         assert lm.net.training is training
+
+
+# -- generation controls: stop strings and repetition ------------------------------------------------
+
+
+def looping_lm() -> LanguageModel:
+    """A char model whose greedy text is one character forever: the output bias strongly favours 'a'."""
+    lm = char_lm()
+    with torch.no_grad():
+        lm.net.decoder.bias.zero_()
+        lm.net.decoder.bias[lm.tokenizer.index["a"]] = 20.0
+    return lm
+
+
+def test_stop_ends_the_text_before_the_stop_string_even_across_pieces():
+    lm = char_lm()
+    free = lm.generate("abc", length=200, seed=3)[3:]
+    stop = free[40:43]                                       # three characters that the text does write
+    stopped = lm.generate("abc", length=200, seed=3, stop=stop)
+    assert stopped == "abc" + free[:free.find(stop)]          # the same text, cut before the stop string
+    assert stop not in stopped[3:]
+    assert lm.generate("abc", length=200, seed=3, stop=["zzz", stop]) == stopped   # the first of several
+    assert lm.generate("abc", length=30, seed=3, stop="never there") == lm.generate("abc", length=30, seed=3)
+
+
+def test_no_repeat_ngram_never_repeats_an_ngram_and_breaks_a_loop():
+    lm = looping_lm()
+    assert lm.generate("b", length=30, greedy=True) == "b" + "a" * 30      # the loop it is built to fall into
+    text = lm.generate("b", length=60, greedy=True, no_repeat_ngram=4)
+    grams = [text[i:i + 4] for i in range(len(text) - 3)]
+    assert len(grams) == len(set(grams))                                   # no 4-gram twice, prompt included
+    assert "aaaaa" not in text
+
+
+def test_repetition_penalty_makes_recent_tokens_less_likely():
+    lm = looping_lm()
+    assert lm.generate("b", length=30, greedy=True, repetition_penalty=1.0) == "b" + "a" * 30
+    with torch.no_grad():
+        lm.net.decoder.bias[lm.tokenizer.index["a"]] = 2.0     # 'a' leads, but by a margin a penalty can undo
+    plain = lm.generate("b", length=2000, seed=0)[1:]
+    penalised = lm.generate("b", length=2000, seed=0, repetition_penalty=3.0, repetition_window=8)[1:]
+    # 'a' is sampled about 2 times in 5 without the penalty; with it, far less (a frequency over 2,000 draws,
+    # so no CPU's rounding moves it across the bound)
+    assert penalised.count("a") < 0.7 * plain.count("a")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(repetition_penalty=0.5), "--repetition-penalty must be a number >= 1"),
+    (dict(repetition_penalty=float("nan")), "--repetition-penalty must be a number >= 1"),
+    (dict(repetition_window=0), "--repetition-window must be at least 1"),
+    (dict(no_repeat_ngram=-1), "--no-repeat-ngram must be >= 0"),
+    (dict(stop=""), "--stop needs a non-empty string"),
+    (dict(stop=["ok", ""]), "--stop needs a non-empty string"),
+])
+def test_bad_generation_controls_are_clear_errors(options, message):
+    with pytest.raises(RnnlabError, match=message):
+        char_lm().generate("ab", length=5, **options)
+
+
+def test_the_controls_work_for_the_baselines_too(tmp_path):
+    import rnnlab
+    from conftest import shakespeare
+    from rnnlab.data.corpus import Corpus
+    lm = rnnlab.train(Corpus("s", shakespeare(20_000), shakespeare(20_000)), tmp_path / "ng", model="ngram",
+                      order=3, progress=False, log=lambda m: None)
+    assert "the the" in lm.generate("the", length=100, greedy=True)    # greedy Kneser-Ney falls into a loop
+    out = lm.generate("the", length=100, greedy=True, no_repeat_ngram=6)
+    grams = [out[i:i + 6] for i in range(len(out) - 5)]
+    assert len(grams) == len(set(grams))
+    assert "\n" not in lm.generate("the", length=300, seed=1, stop="\n")[3:]

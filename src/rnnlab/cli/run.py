@@ -6,10 +6,11 @@ import argparse
 import json
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from rnnlab.cli.flags import add_config_flags, given
-from rnnlab.errors import RnnlabError
+from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.models.config import ModelConfig
 from rnnlab.training.config import BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig
 from rnnlab.training.presets import PRESETS
@@ -95,6 +96,14 @@ def generate_parser(sub) -> None:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the text before TEXT would appear (repeatable; \\n and \\t read as a newline and a tab)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="P",
+                   help="> 1 makes tokens of the last --repetition-window tokens less likely (CTRL; 1.0: off)")
+    p.add_argument("--repetition-window", type=int, default=64, metavar="N",
+                   help="tokens --repetition-penalty looks back over (default: 64)")
+    p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                   help="never repeat an N-token sequence of the text (0: off; char models: 8-16)")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE (a new file, or any "
                    "file with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
@@ -105,10 +114,13 @@ def generate_parser(sub) -> None:
 def generate_command(args: argparse.Namespace) -> int:
     from rnnlab.files import output_file, reported_write_errors, write_text
     from rnnlab.inference.loading import load
-    from rnnlab.inference.sampling import check_sampling
+    from rnnlab.inference.sampling import check_repetition, check_sampling
     from rnnlab.options import MAX_GENERATION_SEED, check_seed
-    check_sampling(args.temperature, args.top_k, args.top_p)  # before the (slower) model load
+    # every option checked before the (slower) model load
+    check_sampling(args.temperature, args.top_k, args.top_p)
     check_seed(args.seed, maximum=MAX_GENERATION_SEED)
+    check_repetition(args.repetition_penalty, args.repetition_window, args.no_repeat_ngram)
+    stops = [text.replace("\\n", "\n").replace("\\t", "\t") for text in args.stop]  # a shell passes \n as is
     if args.num_samples < 1:
         raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
@@ -120,12 +132,19 @@ def generate_command(args: argparse.Namespace) -> int:
             print("\n" + "-" * 40, flush=True)
         seed = None if args.seed is None else args.seed + i
         pieces = []
-        for piece in lm.stream(args.prompt, length=args.length, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, greedy=args.greedy, seed=seed):
-            pieces.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        print()
+        # warnings (unknown prompt words) are shown after the text's last line, never inside it
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RnnlabWarning)
+            for piece in lm.stream(args.prompt, length=args.length, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, greedy=args.greedy, seed=seed, stop=stops,
+                                   repetition_penalty=args.repetition_penalty,
+                                   repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram):
+                pieces.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        print(flush=True)
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         texts.append("".join(pieces))
     if args.out:
         with reported_write_errors(Path(args.out).parent):

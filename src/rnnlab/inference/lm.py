@@ -20,7 +20,7 @@ import torch
 
 from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.inference.metrics import stream_loss, summarize
-from rnnlab.inference.sampling import check_sampling, sample_ids
+from rnnlab.inference.sampling import Repetition, check_repetition, check_sampling, sample_ids
 from rnnlab.options import MAX_GENERATION_SEED, check_seed
 from rnnlab.models.rnnlm import RNNLM
 from rnnlab.data.tokenizers import EOS, UNK
@@ -76,10 +76,20 @@ class TextModel:
 
     def stream(self, prompt: str | None = None, *, length: int = 200, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-               seed: int | None = None) -> Iterator[str]:
-        """Yield the text piece by piece: first the prompt (or the random start word), then each new token."""
+               seed: int | None = None, stop: str | list[str] | tuple[str, ...] = (),
+               repetition_penalty: float = 1.0, repetition_window: int = 64,
+               no_repeat_ngram: int = 0) -> Iterator[str]:
+        """Yield the text piece by piece: first the prompt (or the random start word), then each new token.
+
+        `stop`: generation ends before the first of these strings would appear in the new text (the
+        string itself is not yielded). `repetition_penalty`, `repetition_window` and
+        `no_repeat_ngram` steer away from loops (`sampling.Repetition`)."""
         check_sampling(temperature, top_k, top_p)
         check_seed(seed, maximum=MAX_GENERATION_SEED)
+        check_repetition(repetition_penalty, repetition_window, no_repeat_ngram)
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise RnnlabError("--stop needs a non-empty string")
         if length < 0:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
@@ -94,9 +104,12 @@ class TextModel:
             choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS)]
             ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
             yield detok(ids[0]).lstrip(" ")
-        for token in self.continue_ids(ids, length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       greedy=greedy, generator=generator):
-            yield detok(token)
+        repetition = Repetition(ids, penalty=repetition_penalty, window=repetition_window,
+                                no_repeat_ngram=no_repeat_ngram)
+        pieces = (detok(token) for token in self.continue_ids(
+            ids, length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
+            repetition=repetition if repetition.active else None))
+        yield from until_stop(pieces, stops) if stops else pieces
 
     def generate(self, prompt: str | None = None, **options) -> str:
         """The prompt and `length` new tokens as one string; options as in `stream`."""
@@ -107,6 +120,27 @@ class TextModel:
     def evaluate(self, text: str) -> dict:
         """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream."""
         return summarize(*self.stream_loss(self.tokenizer.encode(text)))
+
+
+def until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
+    """The pieces, up to (not including) the first stop string in their concatenation. A piece that
+    could be the start of a stop string is held back until the next shows whether it is."""
+    held = ""
+    for piece in pieces:
+        held += piece
+        found = [i for i in (held.find(s) for s in stops) if i >= 0]
+        if found:
+            if min(found):
+                yield held[:min(found)]
+            return
+        # the longest end of `held` that begins some stop string stays held; the rest goes out
+        keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])),
+                   default=0)
+        if len(held) > keep:
+            yield held[:len(held) - keep]
+            held = held[len(held) - keep:]
+    if held:
+        yield held
 
 
 class LanguageModel(TextModel):

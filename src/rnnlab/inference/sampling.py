@@ -7,6 +7,7 @@ Strategies: temperature, top-k, nucleus (top-p) and greedy decoding.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Iterator
@@ -26,10 +27,70 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: fl
         raise RnnlabError(f"--top-p must be in (0, 1], got {top_p}")
 
 
+class Repetition:
+    """Repetition control for one stream (batch row 0 of the logits), fed the text so far:
+
+    - `penalty` > 1 (Keskar et al. 2019, CTRL): each token among the last `window` tokens has its
+      logit divided by `penalty` if positive, multiplied if negative; a loop grows less likely
+      with every turn. 1.0 is off.
+    - `no_repeat_ngram` n > 0 (fairseq's no-repeat n-gram block): a token that would complete an
+      n-gram already in the text is never chosen (unless every token would, then none is banned).
+      For a char model, n of 8-16 stops a run like "=======" without touching ordinary words.
+    """
+
+    def __init__(self, history: list[int], *, penalty: float = 1.0, window: int = 64, no_repeat_ngram: int = 0):
+        check_repetition(penalty, window, no_repeat_ngram)
+        self.penalty, self.window, self.n = penalty, window, no_repeat_ngram
+        self.history: list[int] = []
+        self.followers: dict[tuple[int, ...], set[int]] = {}   # (n-1)-gram -> tokens seen after it
+        for token in history:
+            self.record(token)
+
+    @property
+    def active(self) -> bool:
+        return self.penalty != 1.0 or self.n > 0
+
+    def record(self, token: int) -> None:
+        self.history.append(token)
+        if self.n and len(self.history) >= self.n:
+            self.followers.setdefault(tuple(self.history[-self.n:-1]), set()).add(token)
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (1, V) -> the same with this stream's penalties applied."""
+        if not self.active or not self.history:
+            return logits
+        logits = logits.clone()
+        if self.penalty != 1.0:
+            recent = torch.tensor(sorted(set(self.history[-self.window:])), device=logits.device)
+            values = logits[0, recent]
+            logits[0, recent] = torch.where(values > 0, values / self.penalty, values * self.penalty)
+        if self.n:
+            prefix = tuple(self.history[-(self.n - 1):]) if self.n > 1 else ()
+            banned = self.followers.get(prefix)
+            if banned and len(banned) < logits.size(-1):
+                logits[0, torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
+        return logits
+
+
+def check_repetition(penalty: float = 1.0, window: int = 64, no_repeat_ngram: int = 0) -> None:
+    if not 1.0 <= penalty < math.inf:
+        raise RnnlabError(f"--repetition-penalty must be a number >= 1 (1: off), got {penalty}")
+    if window < 1:
+        raise RnnlabError(f"--repetition-window must be at least 1, got {window}")
+    if no_repeat_ngram < 0:
+        raise RnnlabError(f"--no-repeat-ngram must be >= 0 (0: off), got {no_repeat_ngram}")
+
+
 def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,)."""
+               generator: torch.Generator | None = None, repetition: Repetition | None = None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,). With `repetition` (one stream, B = 1), its penalties shape
+    the logits first and it records the token chosen."""
+    if repetition is not None and repetition.active:
+        token = next_token(repetition.adjust(logits), temperature=temperature, top_k=top_k, top_p=top_p,
+                           greedy=greedy, generator=generator)
+        repetition.record(int(token[0]))
+        return token
     if greedy:
         return logits.argmax(dim=-1)
     if top_k is None and top_p is None and temperature >= 1e-3:
@@ -177,7 +238,8 @@ class Stepper:
 @torch.inference_mode()
 def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+               generator: torch.Generator | None = None, repetition: Repetition | None = None
+               ) -> Iterator[torch.Tensor]:
     """Yield `steps` new tokens, each (B,), continuing the prompt (B, T)."""
     check_sampling(temperature, top_k, top_p)
     with evaluating(net):                                                    # no dropout; the mode comes back after
@@ -187,6 +249,6 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
         state = stepper.begin(hidden)
         for _ in range(steps):
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                               greedy=greedy, generator=generator)
+                               greedy=greedy, generator=generator, repetition=repetition)
             yield token
             logits, state = stepper.step(token, state)
