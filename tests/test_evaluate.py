@@ -1,5 +1,6 @@
 """`rnnlab.inference.metrics`: loss, perplexity and bits per token of a model on held-out text, read as one stream."""
 
+import json
 import math
 
 import pytest
@@ -97,3 +98,58 @@ def test_the_models_own_corpus_must_still_be_the_text_it_was_trained_on(tmp_path
     (tmp_path / "book.txt").write_text(shakespeare(40_000)[20_000:])   # another text under the same name
     with pytest.raises(RnnlabError, match="is not the text .* was trained on"):
         rnnlab.evaluate(tmp_path / "m")
+
+
+# -- scoring a text token by token (`rnnlab score`, TextModel.score) --------------------------------------------
+
+
+def test_score_gives_every_tokens_log_probability_and_agrees_with_evaluate(tiny_model):
+    lm = rnnlab.load(tiny_model)
+    text = "ROMEO:\nWhat light through yonder window breaks?\n" * 3
+    result = lm.score(text)
+    ids = torch.as_tensor(lm.tokenizer.encode(text))
+    with torch.no_grad():                                                    # one pass over the whole text
+        expected = lm.net(ids[None, :-1])[0][0].double().log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+    got = torch.tensor([t["logprob"] for t in result["per_token"]], dtype=torch.float64)
+    assert len(got) == len(text) - 1 and torch.allclose(got, expected, atol=1e-4)   # chunked, state carried
+    assert [t["token"] for t in result["per_token"]] == list(text[1:])
+    assert result["loss"] == pytest.approx(lm.evaluate(text)["loss"], rel=1e-5)
+    assert result["per_token"][0]["surprisal_bits"] == pytest.approx(-got[0].item() / math.log(2))
+
+
+def test_each_line_gets_its_own_perplexity_and_the_odd_line_stands_out(tiny_model):
+    lm = rnnlab.load(tiny_model)
+    text = "ROMEO:\nWhat light through yonder window breaks?\nqxz jjk vvq zzx qqj\nIt is the east.\n"
+    lines = lm.score(text)["lines"]
+    assert [line["text"] for line in lines] == text.split("\n")[:-1]
+    assert sum(line["tokens"] for line in lines) == len(text) - 1            # every scored token in one line
+    worst = max(lines, key=lambda line: line["loss"])
+    assert worst["line"] == 3 and worst["perplexity"] > 2 * max(l["perplexity"] for l in lines if l["line"] != 3)
+
+
+def test_the_baselines_score_token_by_token_too(tmp_path):
+    from conftest import shakespeare
+    text = shakespeare(20_000)
+    for kind, extra in (("ngram", dict(order=3)), ("hmm", dict(states=4, em_iterations=2))):
+        lm = rnnlab.train(Corpus("s", text, text[-3000:]), tmp_path / kind, model=kind, progress=False,
+                          log=lambda m: None, **extra)
+        sample = text[-2000:]
+        result = lm.score(sample)
+        assert len(result["per_token"]) == len(sample) - 1
+        assert result["loss"] == pytest.approx(lm.evaluate(sample)["loss"], rel=1e-6)
+
+
+def test_score_command_prints_the_odd_lines_json_and_tokens(tiny_model, tmp_path):
+    from conftest import cli, refused
+    path = tmp_path / "t.txt"
+    path.write_text("ROMEO:\nWhat light through yonder window breaks?\nqxz jjk vvq zzx qqj\nIt is the east.\n")
+    result = cli("score", tiny_model, path, "--top", "1")
+    assert result.returncode == 0 and "tokens scored:    83" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].endswith("| qxz jjk vvq zzx qqj")
+    data = json.loads(cli("score", tiny_model, path, "--json").stdout)
+    assert {"loss", "perplexity", "bits_per_token", "tokens", "per_token", "lines"} <= set(data)
+    assert len(data["per_token"]) == 83 and len(data["lines"]) == 4
+    assert cli("score", tiny_model, path, "--tokens", "--top", "0").stdout.count("'") >= 2 * 83
+    refused(cli("score", tiny_model, path, "--top", "-1"), "--top must be >= 0")
+    (tmp_path / "one.txt").write_text("R")
+    refused(cli("score", tiny_model, tmp_path / "one.txt"), "at least 2 are needed")

@@ -173,7 +173,8 @@ TRAIN = {
 EVALUATE = {"--split": enum("train", "valid", "test"), "--json": SWITCH, "--device": enum("cpu", "cuda"),
             "--valid": PATHS, "--test": PATHS, "--valid-fraction": FRACTION, "--glob": TEXT,
             "--encoding": enum("utf-8", "utf-16", "klingon"), "--pretokenized": SWITCH}
-GENERATE = {"--prompt": TEXT, "--length": SMALL | st.sampled_from(["0", "-1", "abc", "1e9"]),
+GENERATE = {"--stop": TEXT, "--repetition-penalty": FRACTION, "--repetition-window": SIZE,
+            "--no-repeat-ngram": SMALL | st.sampled_from(ABSURD_NUMBERS), "--prompt": TEXT, "--length": SMALL | st.sampled_from(["0", "-1", "abc", "1e9"]),
             "--temperature": FRACTION, "--top-k": SIZE, "--top-p": FRACTION, "--greedy": SWITCH,
             "--num-samples": st.sampled_from(["0", "-1", "1", "2", "abc"]), "--seed": SIZE, "--device": enum("cpu")}
 GRADIENTS = {"--cell": CELLS, "--hidden": SMALL | st.sampled_from(ABSURD_NUMBERS), "--layers": SIZE,
@@ -214,6 +215,14 @@ def test_train(sandbox, tiny_model, corpus, out, extra):
 @given(model=MODELS, corpus=st.lists(PATHS, max_size=1), extra=flags(EVALUATE))
 def test_evaluate(sandbox, tiny_model, model, corpus, extra):
     run(sandbox, tiny_model, ["evaluate", model, *corpus, *extra], None)
+
+
+@FUZZ
+@given(model=MODELS, path=PATHS, extra=flags({"--top": SIZE, "--tokens": SWITCH, "--json": SWITCH,
+                                              "--encoding": enum("utf-8", "utf-16", "klingon"),
+                                              "--device": enum("cpu", "cuda")}))
+def test_score(sandbox, tiny_model, model, path, extra):
+    run(sandbox, tiny_model, ["score", model, path, *extra], None)
 
 
 @FUZZ

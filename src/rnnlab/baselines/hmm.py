@@ -172,6 +172,14 @@ class HMM(nn.Module):
         return -scales[1:].double().log().sum().item() / (len(ids) - 1), len(ids) - 1
 
     @torch.inference_mode()
+    def token_log_probs(self, ids) -> np.ndarray:
+        """(n - 1,) log p(x_t | x_1..x_{t-1}) for t = 2..n: the forward pass's scale factors c_t."""
+        ids = self._as_ids(ids, ndim=(1,))
+        if len(ids) < 2:
+            raise RnnlabError(f"the text has {len(ids)} tokens; at least 2 are needed to score one")
+        return self._forward(self._emissions(ids[None]))[1:, 0].double().log().cpu().numpy()
+
+    @torch.inference_mode()
     def next_token_log_probs(self, ids=()) -> torch.Tensor:
         """(V,) log p(x_{n+1} = v | x_1..x_n); with no ids, the distribution of the first token."""
         ids = self._as_ids(ids, ndim=(1,))

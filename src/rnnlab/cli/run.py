@@ -84,6 +84,52 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_parser(sub) -> None:
+    p = sub.add_parser("score", help="score a text token by token: surprisal, per-line perplexity, odd lines",
+                       description="Score FILE with MODEL, reading it as one stream: the whole text's loss and "
+                                   "perplexity, each line's perplexity, and the most surprising lines (--top); "
+                                   "--tokens lists every token's surprisal; --json gives it all as one object.")
+    p.add_argument("model", metavar="MODEL", help="model directory")
+    p.add_argument("file", metavar="FILE", help="a text file")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="show the N most surprising lines (default: 10; "
+                   "0: none)")
+    p.add_argument("--tokens", action="store_true", help="also list every token with its surprisal in bits")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the totals, per_token and lines")
+    p.add_argument("--encoding", default="utf-8", help="text encoding (default: utf-8)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.set_defaults(run=score_command)
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from rnnlab.data.corpus import read_file
+    from rnnlab.inference.loading import load
+    if args.top < 0:
+        raise RnnlabError(f"--top must be >= 0, got {args.top}")
+    text = read_file(Path(args.file), args.encoding)
+    lm = load(args.model, device=args.device)
+    result = lm.score(text)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    unit = "character" if lm.tokenizer.kind == "char" else "token"
+    print(f"text:             {args.file} ({len(result['lines']):,} lines)")
+    print(f"tokens scored:    {result['tokens']:,}")
+    print(f"loss:             {result['loss']:.4f} nats/{unit}")
+    print(f"perplexity:       {result['perplexity']:.2f}")
+    print(f"bits per {unit}: {result['bits_per_token']:.4f}")
+    if args.tokens:
+        print("\ntoken surprisal (bits), in order:")
+        for item in result["per_token"]:
+            print(f"  {item['surprisal_bits']:6.2f}  {item['token']!r}")
+    scored = [line for line in result["lines"] if line["tokens"]]
+    if args.top and scored:
+        print(f"\nthe {min(args.top, len(scored))} most surprising lines (perplexity per {unit}):")
+        for line in sorted(scored, key=lambda line: -line["loss"])[:args.top]:
+            shown = line["text"] if len(line["text"]) <= 80 else line["text"][:77] + "..."
+            print(f"  line {line['line']:>6} | ppl {line['perplexity']:>9.2f} | {line['tokens']:>5} {unit}s | {shown}")
+    return 0
+
+
 def generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="write new text from a prompt",
                        description="Generate text with MODEL, streaming it to stdout.")
@@ -179,4 +225,4 @@ def serve_command(args: argparse.Namespace) -> int:
     return main_serve(args.model, args.host, args.port, device=args.device, **limits)
 
 
-PARSERS = (train_parser, evaluate_parser, generate_parser, serve_parser)
+PARSERS = (train_parser, evaluate_parser, score_parser, generate_parser, serve_parser)

@@ -46,6 +46,9 @@ class HMMLanguageModel(TextModel):
     def stream_loss(self, ids) -> tuple[float, int]:
         return self.hmm.stream_loss(ids)
 
+    def token_log_probs(self, ids):
+        return self.hmm.token_log_probs(ids)
+
     @torch.inference_mode()
     def continue_ids(self, ids, steps, *, generator, **sampling) -> Iterator[int]:
         pi, A, B = (p.double().cpu() for p in self.hmm.probabilities())
@@ -81,6 +84,11 @@ class NGramLanguageModel(TextModel):
 
     def stream_loss(self, ids) -> tuple[float, int]:
         return self.ngram.stream_loss(ids)
+
+    def token_log_probs(self, ids):
+        if len(ids) < 2:
+            raise RnnlabError(f"the text has {len(ids)} tokens; at least 2 are needed to score one")
+        return self.ngram.log_probs(ids)
 
     def continue_ids(self, ids, steps, *, generator, **sampling) -> Iterator[int]:
         history = list(ids)

@@ -16,10 +16,11 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.inference.metrics import stream_loss, summarize
+from rnnlab.inference.metrics import stream_loss, summarize, token_log_probs
 from rnnlab.inference.sampling import Repetition, check_repetition, check_sampling, sample_ids
 from rnnlab.options import MAX_GENERATION_SEED, check_seed
 from rnnlab.models.rnnlm import RNNLM
@@ -48,6 +49,10 @@ class TextModel:
 
     def stream_loss(self, ids) -> tuple[float, int]:
         """Mean nats per predicted token over the stream (each token after the first), and the count."""
+        raise NotImplementedError
+
+    def token_log_probs(self, ids) -> np.ndarray:
+        """(n - 1,) natural-log p(x_t | x_1..x_{t-1}) for each token after the first."""
         raise NotImplementedError
 
     def num_parameters(self) -> int:
@@ -121,6 +126,12 @@ class TextModel:
         """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream."""
         return summarize(*self.stream_loss(self.tokenizer.encode(text)))
 
+    def score(self, text: str) -> dict:
+        """`evaluate`'s numbers plus each token's log-probability and surprisal, and each line's perplexity
+        (`inference/scoring.py`)."""
+        from rnnlab.inference.scoring import score
+        return score(self, text)
+
 
 def until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
     """The pieces, up to (not including) the first stop string in their concatenation. A piece that
@@ -175,3 +186,6 @@ class LanguageModel(TextModel):
 
     def stream_loss(self, ids, batch_size: int = 1):
         return stream_loss(self.net, ids, batch_size=batch_size, device=self.device)
+
+    def token_log_probs(self, ids):
+        return token_log_probs(self.net, ids, device=self.device)

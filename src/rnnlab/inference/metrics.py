@@ -39,6 +39,25 @@ def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
     return total.item(), count
 
 
+@torch.inference_mode()
+def token_log_probs(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, chunk: int = 256,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """(n - 1,) natural-log p(x_t | x_1..x_{t-1}) for t = 2..n: one stream, the state carried through it."""
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).to(device)
+    if len(ids) < 2:
+        raise RnnlabError(f"the text has {len(ids)} tokens; at least 2 are needed to score one")
+    out, hidden = [], None
+    with evaluating(net):
+        for start in range(0, len(ids) - 1, chunk):
+            x = ids[start:start + chunk][None]                                  # (1, T)
+            y = ids[start + 1:start + 1 + chunk][None]
+            x = x[:, :y.size(1)]
+            logits, _, hidden = net(x, hidden)                                  # (1, T, V): logits or log-probs
+            out.append(logits.float().log_softmax(-1).gather(-1, y[..., None])[0, :, 0].double().cpu())
+            hidden = detach(hidden)
+    return torch.cat(out).numpy()
+
+
 def stream_loss(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_size: int = 1, chunk: int = 256,
                 device: str | torch.device = "cpu") -> tuple[float, int]:
     """Mean cross-entropy (nats per token) over `batch_size` parallel streams of `ids`, and the token count."""
