@@ -93,6 +93,30 @@ def embeddings_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a model to run without PyTorch (ONNX)",
+                       description="Export MODEL's network for one token, (token, state) -> (logits, state), as an "
+                                   "ONNX graph, with its tokenizer, a plain-Python generation loop on onnxruntime "
+                                   "and a README, into a new folder DIR.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one so far)")
+    p.add_argument("--out", metavar="DIR", required=True, help="a new or empty folder")
+    p.set_defaults(run=export_command)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from rnnlab.files import reported_write_errors
+    from rnnlab.inference.export import export_onnx, exportable
+    from rnnlab.inference.loading import load
+    lm = load(args.model)
+    exportable(lm)
+    with reported_write_errors(Path(args.out)):
+        out = export_onnx(lm, args.out)
+    print(f"wrote {out / 'model.onnx'}, tokenizer.json, export.json, generate.py and README.md; try:\n"
+          f"  python {out / 'generate.py'} --length 200")
+    return 0
+
+
 def _embedding_table(path: str):
     from rnnlab.inference.loading import load
     lm = load(path)
@@ -101,4 +125,4 @@ def _embedding_table(path: str):
     return lm
 
 
-PARSERS = (corpora_parser, download_parser, info_parser, neighbors_parser, embeddings_parser)
+PARSERS = (corpora_parser, download_parser, info_parser, neighbors_parser, embeddings_parser, export_parser)
