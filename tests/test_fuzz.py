@@ -242,6 +242,13 @@ def test_info_neighbors_embeddings(sandbox, tiny_model, model, word, k, out, whi
 
 
 @FUZZ
+@given(model=MODELS, out=OUTS, fmt=enum("onnx"))
+def test_export(sandbox, tiny_model, model, out, fmt):
+    pytest.importorskip("onnxruntime")
+    run(sandbox, tiny_model, ["export", model, "--format", fmt, "--out", out], out)
+
+
+@FUZZ
 @given(out=OUTS, extra=flags(GRADIENTS), model=st.lists(MODELS, max_size=1))
 def test_gradients(sandbox, tiny_model, out, extra, model):
     # fresh models are bounded by small sizes; --train-steps runs are bounded by --train-steps itself
