@@ -30,6 +30,12 @@ def train_parser(sub) -> None:
                    help="replace an existing model in --out")
     p.add_argument("--resume", metavar="DIR", default=argparse.SUPPRESS,
                    help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--init-from", metavar="MODEL", default=argparse.SUPPRESS,
+                   help="fine-tune: start from MODEL's weights and tokenizer, with a fresh optimiser and schedule")
+    p.add_argument("--keep-vocab", action="store_true", default=argparse.SUPPRESS,
+                   help="with --init-from, char level: read new characters as <unk> instead of adding them")
+    p.add_argument("--extend-vocab", type=int, metavar="N", default=argparse.SUPPRESS,
+                   help="with --init-from, word level: add the N most frequent new words")
     p.add_argument("--preset", metavar="NAME", default=argparse.SUPPRESS,
                    help="a documented recipe whose settings your own options override: " + ", ".join(PRESETS))
     p.add_argument("--quiet", action="store_true", help="no progress bar")

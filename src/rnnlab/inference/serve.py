@@ -156,7 +156,9 @@ def public_config(config: dict) -> dict:
     if "source" in embedding and embedding["source"] not in ("learned", "onehot", "word2vec"):
         embedding["source"] = Path(str(embedding["source"])).name
     embedding.pop("missing_examples", None)
-    shown = {k: v for k, v in config.items() if k not in ("command", "corpus", "embedding")}
+    shown = {k: v for k, v in config.items() if k not in ("command", "corpus", "embedding", "init_from")}
+    if isinstance(config.get("init_from"), dict):  # a fine-tuned model: what it started from, by name
+        shown["init_from"] = {k: config["init_from"].get(k) for k in ("corpus", "steps", "tokens_added")}
     shown["corpus"] = {"name": Path(str(corpus.get("name", ""))).name,
                        **{k: corpus[k] for k in ("train_tokens", "valid_tokens", "test_tokens") if k in corpus}}
     if embedding:

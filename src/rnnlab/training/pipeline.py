@@ -29,7 +29,7 @@ from rnnlab.inference.lm import LanguageModel
 from rnnlab.models import checkpoint
 from rnnlab.models.config import ModelConfig, memory_bytes
 from rnnlab.models.rnnlm import RNNLM, cpu_lstm_runs_in_bf16
-from rnnlab.training import distributed
+from rnnlab.training import distributed, finetune
 from rnnlab.training.card import model_card, score_splits
 from rnnlab.training.config import (BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig, field_names,
                                     split_options)
@@ -65,6 +65,7 @@ class Options:
 
 def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None = None, *,
           resume: str | Path | None = None, preset: str | None = None, overwrite: bool = False,
+          init_from: str | Path | None = None, keep_vocab: bool = False, extend_vocab: int = 0,
           progress: bool = True, command: str | None = None, log=None, tokenizer=None, **options) -> LanguageModel:
     """Train a recurrent language model (or a baseline) and return it: the best checkpoint.
 
@@ -74,22 +75,45 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     valid, ...), `EmbeddingConfig` (embedding="word2vec" or a vectors file, ...) and
     `BaselineConfig` (model="hmm" or "ngram", states, order, ...). `preset` starts from a documented
     recipe. With `resume`, the run in that directory continues from its last checkpoint, on its own
-    corpus unless one is given. `tokenizer` replaces the one fitted on the training split.
+    corpus unless one is given. With `init_from`, a new run starts from that model's weights and
+    tokenizer (fine-tuning; `keep_vocab`, `extend_vocab`: see training/finetune.py). `tokenizer`
+    replaces the one fitted on the training split.
     """
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     run = Options.from_kwargs(preset, options)
-    saved = None
+    saved = parent = None
     if resume is not None:
+        if init_from is not None:
+            raise RnnlabError("--resume continues a run; --init-from starts a new one from a model: pass one of them")
         out = resume_dir(resume, out)
         saved = reconcile_resume(out, run, corpus_given=corpus is not None)
+    elif init_from is not None:
+        if run.baseline.model != "rnn":
+            raise RnnlabError("--init-from fine-tunes an RNN; the baselines train from scratch")
+        parent = finetune.load_parent(init_from)
+        run.model = finetune.check_options(parent, run.model, run.data, pretrained=run.embedding.pretrained)
+    elif keep_vocab or extend_vocab:
+        raise RnnlabError("--keep-vocab and --extend-vocab go with --init-from MODEL")
     corpus = read_corpus(corpus, run.data, saved, progress)
     if saved is not None:
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
+    added = []
+    if parent is not None:
+        tokenizer, added = finetune.tokenizer_for(parent, corpus.train, keep_vocab=keep_vocab,
+                                                  extend_vocab=extend_vocab, log=log)
     tokenizer, ids, cached = tokenise(corpus, run.data, tokenizer, log)
+    if parent is not None:
+        train_ids = ids["train"]  # tokens the model already knew: below its vocabulary size, and not <unk>
+        known = (train_ids < parent.tokenizer.vocab_size) & (train_ids != (tokenizer.unk_id if tokenizer.unk_id
+                                                                         is not None else -1))
+        log(f"fine-tuning {parent.path} ({(parent.config.get('corpus') or {}).get('name')}, "
+            f"{parent.config.get('steps')} steps): its vocabulary covers {100 * float(np.mean(known)):.1f}% of the "
+            f"new training tokens" + (f"; {len(added)} added" if added else ""))
+        parent = (parent, finetune.lineage(parent, added))
     if run.baseline.model != "rnn":
         return train_baseline(corpus, out, tokenizer, ids, run, overwrite=overwrite, command=command, log=log)
     return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
-                     progress=progress, command=command, log=log)
+                     progress=progress, command=command, log=log, parent=parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +229,8 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
 
 
 def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
-              overwrite: bool, progress: bool, command, log) -> LanguageModel:
+              overwrite: bool, progress: bool, command, log, parent=None) -> LanguageModel:
+    """`parent`: (the model a fine-tuning run starts from, its lineage record), or None."""
     # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
     if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
@@ -248,6 +273,8 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     seed_everything(train_config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     device = distributed.device_for(world, chosen_device)
     net = RNNLM(model_config)
+    if parent is not None:
+        finetune.transplant(parent[0].net, net)
     embedding_record = {"source": run.embedding.embedding or ("onehot" if model_config.input == "onehot" else "learned")}
     if vectors is not None:
         from rnnlab.models.embeddings import initialise
@@ -262,6 +289,8 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     run_config = {"rnnlab_version": __version__, "model_type": "rnn", "model": model_config.to_dict(),
                   "train": asdict(train_config), **record,
                   "embedding": (saved or {}).get("embedding") or embedding_record}
+    if parent is not None or (saved or {}).get("init_from"):
+        run_config["init_from"] = parent[1] if parent is not None else saved["init_from"]
     lm.config = run_config
 
     # the loop
@@ -344,7 +373,10 @@ def rnn_card(config: dict, lm: LanguageModel) -> str:
         f"dropout {model['dropout']}, tied weights {model['tie_weights']}; {lm.net.num_parameters():,} parameters",
         f"training: {loop['optimizer']} lr {loop['lr']} ({loop['schedule']}), batch {loop['batch_size']} x bptt "
         f"{loop['bptt']}, clip {loop['clip']}; {config.get('steps', 0):,} steps in "
-        f"{config.get('train_seconds', 0) / 60:.1f} min ({config.get('stop_reason', '')})"])
+        f"{config.get('train_seconds', 0) / 60:.1f} min ({config.get('stop_reason', '')})",
+        *([f"fine-tuned from {config['init_from']['model']} (trained on {config['init_from']['corpus']}, "
+           f"{config['init_from']['steps']} steps); {config['init_from']['tokens_added']} tokens added to its "
+           f"vocabulary"] if config.get("init_from") else [])])
 
 
 def _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out) -> None:
