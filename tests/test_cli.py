@@ -63,6 +63,17 @@ def test_generate_stop_and_repetition_flags(tiny_model, tmp_path):
     refused(cli("generate", tiny_model, "--repetition-penalty", "0.5"), "--repetition-penalty must be a number >= 1")
 
 
+def test_generate_beam(tiny_model, tmp_path):
+    import rnnlab
+    result = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "40", "--beam", "3", "--out", tmp_path / "b")
+    assert result.returncode == 0
+    assert result.stdout == rnnlab.load(tiny_model).beam("ROMEO:", length=40, width=3) + "\n"
+    assert (tmp_path / "b").read_text() == result.stdout
+    refused(cli("generate", tiny_model, "--beam", "3", "--greedy", "--top-k", "2"),
+            "does not combine with --greedy, --top-k")
+    refused(cli("generate", tiny_model, "--beam", "0"), "--beam must be at least 1")
+
+
 def test_warnings_never_run_into_the_generated_text(tiny_model):
     # stdout and stderr into one stream, as on a terminal: the warning has a line of its own
     import contextlib

@@ -224,3 +224,48 @@ def test_the_controls_work_for_the_baselines_too(tmp_path):
     grams = [out[i:i + 6] for i in range(len(out) - 5)]
     assert len(grams) == len(set(grams))
     assert "\n" not in lm.generate("the", length=300, seed=1, stop="\n")[3:]
+
+
+# -- beam search ------------------------------------------------------------------------------------------
+
+
+def test_beam_of_one_is_greedy_decoding():
+    for lm in (char_lm(), word_lm()):
+        prompt = "ab" if lm.tokenizer.kind == "char" else "the cat"
+        greedy = lm.generate(prompt, length=25, greedy=True)
+        beamed = lm.beam(prompt, length=25, width=1)
+        eos = "\n"
+        # greedy runs on past a line end; a beam ends there
+        assert beamed == greedy[:len(beamed)] and (len(beamed) == len(greedy) or beamed.endswith(eos))
+
+
+def test_a_beam_as_wide_as_every_continuation_finds_the_most_likely_one():
+    import itertools
+    from rnnlab.inference.beam import beam_search
+    lm = char_lm("abcd")                                              # <unk> a b c d: 5 tokens
+    prompt = lm.tokenizer.encode("ab").tolist()
+
+    def logprob(continuation):
+        ids = torch.tensor([prompt + list(continuation)])
+        with torch.no_grad():
+            logits = lm.net(ids[:, :-1])[0][0].double().log_softmax(-1)
+        return logits[len(prompt) - 1:].gather(-1, ids[0, len(prompt):, None]).sum().item()
+
+    best = max(itertools.product(range(5), repeat=3), key=logprob)    # all 125 continuations of length 3
+    assert beam_search(lm.net, prompt, 3, width=125) == list(best)
+    narrow = beam_search(lm.net, prompt, 3, width=2)
+    assert logprob(narrow) <= logprob(best) + 1e-12
+
+
+def test_beam_ends_at_a_line_end_and_checks_its_options():
+    lm = word_lm()
+    assert len(lm.beam("the", length=200, width=3).split()) == 201   # untrained: <eos> never wins, 200 words
+    with torch.no_grad():
+        lm.net.decoder.bias[lm.tokenizer.eos_id] += 4.0              # now a line end is likely
+    text = lm.beam("the", length=200, width=3)
+    assert text.endswith("\n") and text.count("\n") == 1 and len(text.split()) < 200
+    for options, message in ((dict(width=0), "--beam must be at least 1"),
+                             (dict(length_penalty=-1), "--length-penalty must be a number >= 0"),
+                             (dict(length=-1), "--length must be >= 0")):
+        with pytest.raises(RnnlabError, match=message):
+            lm.beam("the", **options)

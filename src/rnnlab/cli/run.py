@@ -156,6 +156,10 @@ def generate_parser(sub) -> None:
                    help="tokens --repetition-penalty looks back over (default: 64)")
     p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                    help="never repeat an N-token sequence of the text (0: off; char models: 8-16)")
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam search with N beams: the most likely continuation, to the end of the line or --length")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                   help="with --beam: rank beams by log-probability / length ** A (default: 1.0)")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the text to FILE (a new file, or any "
                    "file with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
@@ -175,9 +179,27 @@ def generate_command(args: argparse.Namespace) -> int:
     stops = [text.replace("\\n", "\n").replace("\\t", "\t") for text in args.stop]  # a shell passes \n as is
     if args.num_samples < 1:
         raise RnnlabError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.beam is not None:
+        from rnnlab.inference.beam import check_beam
+        check_beam(args.beam, args.length_penalty)
+        sampling = [flag for flag, on in (("--greedy", args.greedy), ("--top-k", args.top_k is not None),
+                                          ("--top-p", args.top_p is not None), ("--temperature", args.temperature != 1.0),
+                                          ("--num-samples", args.num_samples != 1), ("--stop", bool(args.stop)))
+                    if on]
+        if sampling:
+            raise RnnlabError(f"--beam searches for the likeliest text; it does not combine with {', '.join(sampling)}")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
         output_file(args.out, overwrite=args.overwrite)
     lm = load(args.model, device=args.device)
+    if args.beam is not None:
+        if not hasattr(lm, "beam"):
+            raise RnnlabError(f"--beam needs an RNN model; {args.model} is a {lm.model_type} baseline")
+        text = lm.beam(args.prompt, length=args.length, width=args.beam, length_penalty=args.length_penalty)
+        print(text)
+        if args.out:
+            with reported_write_errors(Path(args.out).parent):
+                write_text(Path(args.out), text + "\n")
+        return 0
     texts = []
     for i in range(args.num_samples):
         if i:

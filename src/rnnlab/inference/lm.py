@@ -189,3 +189,19 @@ class LanguageModel(TextModel):
 
     def token_log_probs(self, ids):
         return token_log_probs(self.net, ids, device=self.device)
+
+    def beam(self, prompt: str | None = None, *, length: int = 50, width: int = 4,
+             length_penalty: float = 1.0) -> str:
+        """The prompt and its most likely continuation by beam search (`inference/beam.py`): at most
+        `length` tokens, ending early at a line end (<eos> for a word model, a newline for a char model)."""
+        from rnnlab.inference.beam import beam_search, check_beam
+        check_beam(width, length_penalty)
+        if length < 0:
+            raise RnnlabError(f"--length must be >= 0, got {length}")
+        detok = self.tokenizer.detokenizer()
+        ids = self.encode_prompt(prompt) if prompt else [self.tokenizer.eos_id or 0]  # no prompt: a line's start
+        for i in ids:
+            detok(i)  # the detokenizer's spacing state at the prompt's end
+        tokens = beam_search(self.net, ids, length, width=width, length_penalty=length_penalty,
+                             eos_id=self.tokenizer.eos_id)
+        return (prompt or "") + "".join(detok(t) for t in tokens)
