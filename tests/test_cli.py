@@ -74,6 +74,17 @@ def test_generate_beam(tiny_model, tmp_path):
     refused(cli("generate", tiny_model, "--beam", "0"), "--beam must be at least 1")
 
 
+def test_interactive_generation_reads_turns_and_commands_until_end_of_input(tiny_model, monkeypatch):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO:\n/length 7\n/temperature -1\n/greedy on\nJULIET:\n/bogus\n"))
+    result = cli("generate", tiny_model, "-i", "--length", "20", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    # a char model writes one character a token: 20, a line end, then 7 (/length took effect), a line end
+    assert len(result.stdout) == 20 + 1 + 7 + 1 and result.stdout.endswith("\n")
+    assert "(length 7)" in result.stderr and "cannot set /temperature -1" in result.stderr
+    assert "unknown command /bogus" in result.stderr
+
+
 def test_warnings_never_run_into_the_generated_text(tiny_model):
     # stdout and stderr into one stream, as on a terminal: the warning has a line of its own
     import contextlib

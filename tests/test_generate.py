@@ -269,3 +269,30 @@ def test_beam_ends_at_a_line_end_and_checks_its_options():
                              (dict(length=-1), "--length must be >= 0")):
         with pytest.raises(RnnlabError, match=message):
             lm.beam("the", **options)
+
+
+# -- interactive sessions: the state carried between turns ---------------------------------------------
+
+
+def test_a_session_carries_the_state_instead_of_rereading_the_conversation():
+    from rnnlab.inference.session import Session
+    lm = char_lm()
+    session = Session(lm)
+    session.read("ab")
+    first = "".join(session.write(6, greedy=True))
+    session.read("cd")
+    second = "".join(session.write(6, greedy=True))
+    # the same as reading the whole conversation again from the start
+    assert lm.generate("ab", length=6, greedy=True) == "ab" + first
+    assert lm.generate("ab" + first + "cd", length=6, greedy=True) == "ab" + first + "cd" + second
+    session.reset()
+    session.read("ab")
+    assert "".join(session.write(6, greedy=True)) == first
+
+
+def test_a_seeded_session_samples_what_generate_samples():
+    from rnnlab.inference.session import Session
+    lm = char_lm()
+    session = Session(lm, seed=5)
+    session.read("abc")
+    assert "abc" + "".join(session.write(40, temperature=0.8)) == lm.generate("abc", length=40, temperature=0.8, seed=5)

@@ -156,6 +156,9 @@ def generate_parser(sub) -> None:
                    help="tokens --repetition-penalty looks back over (default: 64)")
     p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                    help="never repeat an N-token sequence of the text (0: off; char models: 8-16)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="a conversation: type text, the model continues it, the state runs through all of it; "
+                        "/help lists the commands; Ctrl-D ends")
     p.add_argument("--beam", type=int, default=None, metavar="N",
                    help="beam search with N beams: the most likely continuation, to the end of the line or --length")
     p.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
@@ -191,6 +194,8 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
         output_file(args.out, overwrite=args.overwrite)
     lm = load(args.model, device=args.device)
+    if args.interactive:
+        return interactive(lm, args)
     if args.beam is not None:
         if not hasattr(lm, "beam"):
             raise RnnlabError(f"--beam needs an RNN model; {args.model} is a {lm.model_type} baseline")
@@ -224,6 +229,61 @@ def generate_command(args: argparse.Namespace) -> int:
         with reported_write_errors(Path(args.out).parent):
             write_text(Path(args.out), "\n\n".join(texts) + "\n")
     return 0
+
+
+INTERACTIVE_HELP = """commands (anything else is text for the model to continue):
+  /temperature T   /length N   /top-k K|off   /top-p P|off   /greedy on|off
+  /reset           forget the conversation so far
+  /help            this list; Ctrl-D ends"""
+
+
+def interactive(lm, args: argparse.Namespace) -> int:
+    """`generate -i`: read a line, let the model continue it, repeat; the state is carried throughout."""
+    from rnnlab.inference.sampling import check_sampling
+    from rnnlab.inference.session import Session
+    session = Session(lm, seed=args.seed)
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
+    length = args.length if args.length != 500 else 200   # a turn is shorter than a whole generation
+    print(f"{lm}: type text and press Enter; the model continues it. /help for commands, Ctrl-D to end.",
+          file=sys.stderr, flush=True)
+    if args.prompt:
+        session.read(args.prompt)
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if line.startswith("/"):
+            name, _, value = line[1:].partition(" ")
+            try:
+                if name == "help":
+                    print(INTERACTIVE_HELP)
+                elif name == "reset":
+                    session.reset()
+                elif name == "length":
+                    length = int(value)
+                    if length < 0:
+                        raise ValueError
+                elif name in ("temperature", "top-k", "top-p", "greedy"):
+                    key, off = name.replace("-", "_"), value.strip() in ("off", "none", "")
+                    changed = {**settings, key: (value.strip() in ("on", "true", "1")) if key == "greedy" else
+                               None if off and key != "temperature" else (int if key == "top_k" else float)(value)}
+                    check_sampling(changed["temperature"], changed["top_k"], changed["top_p"])
+                    settings = changed
+                else:
+                    print(f"unknown command /{name}; /help lists them", file=sys.stderr)
+                    continue
+                print(f"({name} {value.strip()})" if value else f"({name})", file=sys.stderr)
+            except (ValueError, RnnlabError) as e:
+                print(f"cannot set /{name} {value}: {e if isinstance(e, RnnlabError) else 'not a valid value'}",
+                      file=sys.stderr)
+            continue
+        session.read(line)
+        for piece in session.write(length, **settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print(flush=True)
 
 
 def serve_parser(sub) -> None:
