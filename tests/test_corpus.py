@@ -5,6 +5,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import DATA
 from rnnlab.data.corpus import NAMED, RemoteFile, cache_dir, fetch, load_corpus, pydocs_text, read_sources, tail_split
@@ -16,14 +17,15 @@ def test_folder_is_read_recursively_in_sorted_order_with_glob(tmp_path):
     (tmp_path / "b" / "2.txt").write_text("second\n")
     (tmp_path / "1.txt").write_text("first")
     (tmp_path / "skip.md").write_text("not text\n")
-    assert read_sources([str(tmp_path)]) == "first\nsecond\n"
+    assert read_sources([str(tmp_path)]) == "first\n\x1esecond\n\x1e"     # each file ends with the marker
     assert read_sources([str(tmp_path)], glob="*.md") == "not text\n"
 
 
 def test_several_sources_are_concatenated(tmp_path):
     (tmp_path / "a.txt").write_text("alpha\n")
     (tmp_path / "b.txt").write_text("beta\n")
-    assert read_sources([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]) == "alpha\nbeta\n"
+    assert read_sources([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]) == "alpha\n\x1ebeta\n\x1e"
+    assert read_sources([str(tmp_path / "a.txt")]) == "alpha\n"                  # one file: one document, no marker
 
 
 def test_crlf_is_normalised(tmp_path):
@@ -167,3 +169,40 @@ def test_a_pipe_is_refused_as_not_a_regular_file(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(RnnlabError, match="not a regular file"):
         read_sources([str(tmp_path / "pipe")])
+
+
+# -- a corpus of many files keeps them apart ----------------------------------------------------------------
+
+
+def test_no_training_window_crosses_into_another_file_without_the_marker(tmp_path):
+    from rnnlab.data.batching import batchify, windows
+    from rnnlab.data.tokenizers import END_OF_DOCUMENT, CharTokenizer
+    for name, letter in (("a.txt", "a"), ("b.txt", "b"), ("c.txt", "c"), ("d.txt", "d")):
+        (tmp_path / name).write_text((letter * 37 + "\n") * 11)         # each file writes only its own letter
+    text = read_sources([str(tmp_path)])
+    tok = CharTokenizer.fit(text)
+    data = batchify(tok.encode(text), 3)
+    crossings = 0
+    for _, x, y in windows(data, 16):
+        for row in torch.cat([x, y[:, -1:]], 1).tolist():
+            current, marked = None, False
+            for piece in map(tok.piece, row):
+                if piece == END_OF_DOCUMENT:
+                    marked = True
+                elif piece in "abcd":
+                    if current is not None and piece != current:
+                        assert marked, f"a window runs from file {current} into file {piece} with no marker"
+                        crossings += 1
+                    current, marked = piece, False
+    assert crossings >= 2                                               # the test did see windows that cross
+
+
+def test_a_word_model_reads_the_marker_as_one_eod_token_and_writes_it_back(tmp_path):
+    from rnnlab.data.tokenizers import END_OF_DOCUMENT, EOD, WordTokenizer
+    (tmp_path / "a.txt").write_text("the cat sat .\nit ran .\n")
+    (tmp_path / "b.txt").write_text("a dog .\n")
+    text = read_sources([str(tmp_path)])
+    tok = WordTokenizer.fit(text, min_freq=5)                           # <eod> is kept whatever its count
+    assert tok.vocab[:3] == ["<unk>", "<eos>", EOD]
+    ids = tok.encode(text)
+    assert [tok.vocab[i] for i in ids].count(EOD) == 2 and tok.decode(ids).count(END_OF_DOCUMENT) == 2

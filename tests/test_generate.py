@@ -296,3 +296,25 @@ def test_a_seeded_session_samples_what_generate_samples():
     session = Session(lm, seed=5)
     session.read("abc")
     assert "abc" + "".join(session.write(40, temperature=0.8)) == lm.generate("abc", length=40, temperature=0.8, seed=5)
+
+
+# -- documents: a model of many files starts and stops at a document's edge ------------------------------
+
+
+def test_generation_starts_at_a_document_and_stops_at_its_end(tmp_path):
+    import rnnlab
+    from conftest import QUIET, TINY, shakespeare
+    from rnnlab.data.tokenizers import END_OF_DOCUMENT
+    text = shakespeare(24_000)
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_text(text[i * 4000:(i + 1) * 4000])
+    lm = rnnlab.train(str(tmp_path), tmp_path / "m", max_steps=3, **TINY, **QUIET)
+    assert lm.tokenizer.doc_id is not None
+    free = lm.generate("ROMEO", length=300, seed=1, from_start=True)
+    assert free.startswith("ROMEO") and END_OF_DOCUMENT not in free
+    with torch.no_grad():
+        lm.net.decoder.bias[lm.tokenizer.doc_id] += 50.0               # the document ends at once
+    assert lm.generate("ROMEO", length=300, seed=1, from_start=True) == "ROMEO"
+    one = char_lm()
+    with pytest.raises(RnnlabError, match="--from-start needs a model trained on several files"):
+        one.generate("ab", length=5, from_start=True)

@@ -156,6 +156,9 @@ def generate_parser(sub) -> None:
                    help="tokens --repetition-penalty looks back over (default: 64)")
     p.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
                    help="never repeat an N-token sequence of the text (0: off; char models: 8-16)")
+    p.add_argument("--from-start", action="store_true",
+                   help="start at the beginning of a document (a model trained on several files); the prompt, if "
+                        "any, is its first words")
     p.add_argument("-i", "--interactive", action="store_true",
                    help="a conversation: type text, the model continues it, the state runs through all of it; "
                         "/help lists the commands; Ctrl-D ends")
@@ -217,7 +220,8 @@ def generate_command(args: argparse.Namespace) -> int:
             for piece in lm.stream(args.prompt, length=args.length, temperature=args.temperature, top_k=args.top_k,
                                    top_p=args.top_p, greedy=args.greedy, seed=seed, stop=stops,
                                    repetition_penalty=args.repetition_penalty,
-                                   repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram):
+                                   repetition_window=args.repetition_window, no_repeat_ngram=args.no_repeat_ngram,
+                                   from_start=args.from_start):
                 pieces.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rnnlab.data.tokenizers import END_OF_DOCUMENT
 from rnnlab.errors import RnnlabError
 from rnnlab.files import atomic_write, write_text
 
@@ -94,12 +95,15 @@ def find_files(source: str, glob: str = "*.txt") -> list[Path]:
 
 
 def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8") -> str:
-    """Concatenate every file of every source; each file ends with a newline."""
+    """Concatenate every file of every source; each file ends with a newline and, where there are
+    several files, with END_OF_DOCUMENT, so that the files stay apart: no training window runs from
+    one into the next without the marker, and generation can start or stop at a document's edge."""
+    paths = [path for source in sources for path in find_files(source, glob)]
     parts = []
-    for source in sources:
-        for path in find_files(source, glob):
-            text = read_file(path, encoding)
-            parts.append(text if text.endswith("\n") or not text else text + "\n")
+    for path in paths:
+        text = read_file(path, encoding)
+        text = text if text.endswith("\n") or not text else text + "\n"
+        parts.append(text + (END_OF_DOCUMENT if len(paths) > 1 and text else ""))
     text = "".join(parts)
     if not text.strip():
         raise RnnlabError(f"the corpus {', '.join(sources)} is empty; give a file or folder with text in it")

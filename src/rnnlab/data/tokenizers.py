@@ -29,7 +29,11 @@ import numpy as np
 
 from rnnlab.errors import RnnlabError
 
-UNK, EOS = "<unk>", "<eos>"
+UNK, EOS, EOD = "<unk>", "<eos>", "<eod>"
+# Where one file of a many-file corpus ends and the next begins (corpus.read_sources puts it there):
+# the ASCII record separator, a character no text uses. A char model reads it as a character of its
+# own; a word model as the token <eod>.
+END_OF_DOCUMENT = "\x1e"
 
 
 class CharTokenizer:
@@ -42,6 +46,7 @@ class CharTokenizer:
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id = 0
         self.eos_id = self.index.get("\n")
+        self.doc_id = self.index.get(END_OF_DOCUMENT)  # None: trained on one document
         # code point -> id lookup table: encoding a megabyte is one numpy gather
         top = max((ord(c) for c in vocab[1:]), default=0)
         self._lut = np.zeros(top + 1, dtype=np.int64)
@@ -102,6 +107,7 @@ class WordTokenizer:
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id, self.eos_id = 0, 1
+        self.doc_id = self.index.get(EOD)
         self.lowercase = lowercase
         self.split = split
 
@@ -111,11 +117,16 @@ class WordTokenizer:
         return line.split() if self.split == "whitespace" else _WORD_RE.findall(line)
 
     def tokens(self, text: str) -> Iterable[str]:
-        """Every token of the text, with <eos> at each line end; a generator, so memory stays flat."""
+        """Every token of the text, with <eos> at each line end and <eod> at each end of a document; a
+        generator, so memory stays flat."""
         for block in blocks(text):
-            for line in block.splitlines():
-                yield from self.words(line)
-                yield EOS
+            # (the marker is split off first: str.splitlines would read it as a line break)
+            for i, part in enumerate(block.split(END_OF_DOCUMENT)):
+                if i:
+                    yield EOD
+                for line in part.splitlines():
+                    yield from self.words(line)
+                    yield EOS
 
     @classmethod
     def fit(cls, text: str, *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
@@ -127,8 +138,9 @@ class WordTokenizer:
         counts = Counter(probe.tokens(text))
         counts.pop(UNK, None)
         counts.pop(EOS, None)
+        documents = [EOD] if counts.pop(EOD, 0) else []  # kept whatever its count: it marks the documents
         kept = sorted((tok for tok, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-        return cls([UNK, EOS, *kept[: max_vocab - 2]], lowercase=lowercase, split=split)
+        return cls([UNK, EOS, *documents, *kept[: max_vocab - 2 - len(documents)]], lowercase=lowercase, split=split)
 
     @property
     def vocab_size(self) -> int:
@@ -159,6 +171,7 @@ class BPETokenizer:
     kind = "bpe"
     unk_id = None
     eos_id = None
+    doc_id = None  # byte-level: the marker is a byte like any other
 
     def __init__(self, backend):
         self.backend = backend  # a tokenizers.Tokenizer
@@ -249,6 +262,9 @@ class Detokenizer:
         if token_id == self.tokenizer.eos_id:
             self.line_start, self.glue_next, self.quote_open = True, False, False
             return "\n"
+        if token_id == self.tokenizer.doc_id:
+            self.line_start, self.glue_next, self.quote_open = True, False, False
+            return END_OF_DOCUMENT
         space = not (self.line_start or self.glue_next or piece in _NO_SPACE_BEFORE)
         self.glue_next = piece in _NO_SPACE_AFTER
         if piece == '"':

@@ -24,7 +24,7 @@ from rnnlab.inference.metrics import stream_loss, summarize, token_log_probs
 from rnnlab.inference.sampling import Repetition, check_repetition, check_sampling, sample_ids
 from rnnlab.options import MAX_GENERATION_SEED, check_seed
 from rnnlab.models.rnnlm import RNNLM
-from rnnlab.data.tokenizers import EOS, UNK
+from rnnlab.data.tokenizers import END_OF_DOCUMENT, EOD, EOS, UNK
 
 
 MAX_PROMPT_TOKENS = 10_000  # an RNN reads any length, but a pasted book as a prompt is a mistake
@@ -83,12 +83,14 @@ class TextModel:
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                seed: int | None = None, stop: str | list[str] | tuple[str, ...] = (),
                repetition_penalty: float = 1.0, repetition_window: int = 64,
-               no_repeat_ngram: int = 0) -> Iterator[str]:
+               no_repeat_ngram: int = 0, from_start: bool = False) -> Iterator[str]:
         """Yield the text piece by piece: first the prompt (or the random start word), then each new token.
 
         `stop`: generation ends before the first of these strings would appear in the new text (the
         string itself is not yielded). `repetition_penalty`, `repetition_window` and
-        `no_repeat_ngram` steer away from loops (`sampling.Repetition`)."""
+        `no_repeat_ngram` steer away from loops (`sampling.Repetition`). A model trained on many files
+        stops at the end of a document; `from_start` starts at the beginning of one (the prompt, if
+        any, is then a document's first words)."""
         check_sampling(temperature, top_k, top_p)
         check_seed(seed, maximum=MAX_GENERATION_SEED)
         check_repetition(repetition_penalty, repetition_window, no_repeat_ngram)
@@ -99,14 +101,25 @@ class TextModel:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
         detok = self.tokenizer.detokenizer()
+        document = getattr(self.tokenizer, "doc_id", None)
+        if document is not None:
+            stops = [*stops, END_OF_DOCUMENT]     # past a document's end is another document
         ids = self.encode_prompt(prompt) if prompt else []
-        if ids:
+        if from_start:
+            if document is None:
+                raise RnnlabError("--from-start needs a model trained on several files (this one has no "
+                                  "end-of-document marker)")
+            ids = [document, *ids]
+            for i in ids:
+                detok(i)
+            yield prompt or ""
+        elif ids:
             for i in ids:
                 detok(i)  # bring the detokenizer's spacing state up to the prompt's end
             yield prompt
         else:
             # no prompt: start from a random vocabulary word, as the textbook's generator does
-            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS)]
+            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS, EOD, END_OF_DOCUMENT)]
             ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
             yield detok(ids[0]).lstrip(" ")
         repetition = Repetition(ids, penalty=repetition_penalty, window=repetition_window,
