@@ -234,6 +234,7 @@ def test_beam_of_one_is_greedy_decoding():
         prompt = "ab" if lm.tokenizer.kind == "char" else "the cat"
         greedy = lm.generate(prompt, length=25, greedy=True)
         beamed = lm.beam(prompt, length=25, width=1)
+        assert lm.generate(prompt, length=25, beam=1) == beamed
         eos = "\n"
         # greedy runs on past a line end; a beam ends there
         assert beamed == greedy[:len(beamed)] and (len(beamed) == len(greedy) or beamed.endswith(eos))
@@ -264,6 +265,8 @@ def test_beam_ends_at_a_line_end_and_checks_its_options():
         lm.net.decoder.bias[lm.tokenizer.eos_id] += 4.0              # now a line end is likely
     text = lm.beam("the", length=200, width=3)
     assert text.endswith("\n") and text.count("\n") == 1 and len(text.split()) < 200
+    with pytest.raises(RnnlabError, match="takes no sampling options"):
+        lm.generate("the", beam=2, temperature=0.5)
     for options, message in ((dict(width=0), "--beam must be at least 1"),
                              (dict(length_penalty=-1), "--length-penalty must be a number >= 0"),
                              (dict(length=-1), "--length must be >= 0")):

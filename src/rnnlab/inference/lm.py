@@ -129,9 +129,17 @@ class TextModel:
             repetition=repetition if repetition.active else None))
         yield from until_stop(pieces, stops) if stops else pieces
 
-    def generate(self, prompt: str | None = None, **options) -> str:
-        """The prompt and `length` new tokens as one string; options as in `stream`."""
-        return "".join(self.stream(prompt, **options))
+    def generate(self, prompt: str | None = None, *, beam: int | None = None, length_penalty: float = 1.0,
+                 **options) -> str:
+        """The prompt and `length` new tokens as one string; options as in `stream`. With `beam=N`, the
+        most likely continuation by beam search instead (`LanguageModel.beam`; `length` is its only option)."""
+        if beam is None:
+            return "".join(self.stream(prompt, **options))
+        if not hasattr(self, "beam"):
+            raise RnnlabError(f"beam search needs an RNN model, not a {self.model_type} baseline")
+        if set(options) - {"length"}:
+            raise RnnlabError(f"beam search takes no sampling options ({', '.join(sorted(set(options) - {'length'}))})")
+        return self.beam(prompt, width=beam, length_penalty=length_penalty, **options)
 
     # measuring -----------------------------------------------------------------------------------
 
