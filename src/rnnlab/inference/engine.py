@@ -1,0 +1,164 @@
+"""A batched generation engine: many streams of one RNN stepped together (the first part of #16).
+
+An RNN's state has a fixed size, so every active stream can take its next step in one batched
+call, with no cache growing with length. One worker thread owns the model:
+
+    submit(prompt ids) ──► waiting (first come, first served) ──► admitted when a slot is free:
+                           its prompt read in one fused call ──► its state joins the batch
+    each step:  states of the active streams stacked ──► one batched step ──► each stream samples
+                its own token (its own settings and random generator) ──► tokens handed out;
+                a stream that is done, or cancelled by its reader, leaves the batch at once
+
+    engine = Engine(rnnlab.load("runs/shakespeare"), max_batch=32)
+    stream = engine.submit(lm.encode_prompt("ROMEO:"), length=200, seed=1, temperature=0.8)
+    text = "".join(lm.tokenizer.decode([t]) for t in stream)      # token ids as they are made
+    engine.close()
+
+A stream with the same prompt, settings and seed gives the same tokens whatever else runs beside
+it: its random generator is its own, and its row of the batch is computed from its own state
+(the batched matrix products may round differently from a batch of one in the last bit, which
+changes a sampled token only if the draw falls within that rounding of a boundary).
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from rnnlab.errors import RnnlabError
+from rnnlab.inference.lm import LanguageModel
+from rnnlab.inference.sampling import Stepper, check_sampling, next_token
+from rnnlab.models.rnnlm import evaluating
+from rnnlab.options import MAX_GENERATION_SEED, check_seed
+
+_DONE = object()
+
+
+@dataclass(eq=False)
+class Stream:
+    """One request: iterate it for its token ids (it ends after `length`, or when cancelled)."""
+    prompt: list[int]
+    length: int
+    seed: int
+    sampling: dict
+    tokens: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    made: int = 0
+
+    def cancel(self) -> None:
+        """The reader is gone: the stream leaves the batch before the next step."""
+        self.cancelled.set()
+
+    def __iter__(self) -> Iterator[int]:
+        while (item := self.tokens.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class Engine:
+    def __init__(self, lm: LanguageModel, *, max_batch: int = 32):
+        if not isinstance(lm, LanguageModel):
+            raise RnnlabError(f"the batched engine steps RNNs; a {lm.model_type} baseline is served one by one")
+        if max_batch < 1:
+            raise RnnlabError(f"--max-batch must be at least 1, got {max_batch}")
+        self.lm, self.max_batch = lm, max_batch
+        self.waiting: collections.deque[Stream] = collections.deque()
+        self.wake = threading.Condition()
+        self.closed = False
+        self.steps = 0                      # batched steps taken; largest batch seen (for tests and stats)
+        self.largest_batch = 0
+        self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
+        self.worker.start()
+
+    def submit(self, prompt: list[int], *, length: int, seed: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, greedy: bool = False) -> Stream:
+        check_sampling(temperature, top_k, top_p)
+        check_seed(seed, maximum=MAX_GENERATION_SEED)
+        if not prompt:
+            raise RnnlabError("a stream needs at least one prompt token")
+        if length < 0:
+            raise RnnlabError(f"--length must be >= 0, got {length}")
+        stream = Stream(list(prompt), length, seed,
+                        dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy))
+        with self.wake:
+            if self.closed:
+                raise RnnlabError("the engine is closed")
+            self.waiting.append(stream)
+            self.wake.notify()
+        return stream
+
+    def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+        self.worker.join(timeout=10)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        active: list[tuple[Stream, torch.Generator]] = []
+        states: list = []             # per active stream: its hidden state, batch of one (nn layout)
+        logits: list[torch.Tensor] = []
+        net = self.lm.net
+        try:
+            with torch.inference_mode(), evaluating(net):
+                stepper = Stepper.of(net)
+                while True:
+                    with self.wake:
+                        while not active and not self.waiting and not self.closed:
+                            self.wake.wait()
+                        if self.closed:
+                            break
+                        admitted = []
+                        while self.waiting and len(active) + len(admitted) < self.max_batch:
+                            admitted.append(self.waiting.popleft())
+                    for stream in admitted:  # prefill: the prompt in one fused call
+                        out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
+                        active.append((stream, torch.Generator().manual_seed(stream.seed)))
+                        states.append(hidden)
+                        logits.append(out[:, -1])
+                    keep = [i for i, (stream, _) in enumerate(active)
+                            if not stream.cancelled.is_set() and stream.made < stream.length]
+                    for i in set(range(len(active))) - set(keep):
+                        active[i][0].tokens.put(_DONE)
+                    active, states, logits = ([x[i] for i in keep] for x in (active, states, logits))
+                    if not active:
+                        continue
+                    tokens = torch.cat([next_token(logits[i], generator=generator, **stream.sampling)
+                                        for i, (stream, generator) in enumerate(active)])
+                    for (stream, _), token in zip(active, tokens.tolist()):
+                        stream.made += 1
+                        stream.tokens.put(token)
+                    self.steps += 1
+                    self.largest_batch = max(self.largest_batch, len(active))
+                    batch_logits, batch_hidden = stepper(tokens, _stack(states))
+                    logits = list(batch_logits.split(1))
+                    states = _unstack(batch_hidden, len(active))
+        except BaseException as e:  # noqa: BLE001 — handed to every reader, who raises it
+            for stream, _ in active:
+                stream.tokens.put(e)
+            raise
+        finally:
+            for stream, _ in active:
+                stream.tokens.put(_DONE)
+            with self.wake:
+                for stream in self.waiting:
+                    stream.tokens.put(_DONE)
+
+
+def _stack(states: list):
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, 1) for parts in zip(*states))
+    return torch.cat(states, 1)
+
+
+def _unstack(hidden, count: int) -> list:
+    if isinstance(hidden, tuple):
+        return list(zip(*(h.split(1, 1) for h in hidden)))
+    return list(hidden.split(1, 1))

@@ -1,0 +1,98 @@
+"""The batched generation engine: many streams of one RNN stepped together, each as if it ran alone."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+import rnnlab
+from rnnlab.errors import RnnlabError
+from rnnlab.inference.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    return rnnlab.load(tiny_model)
+
+
+def text_of(lm, prompt: str, stream) -> str:
+    return prompt + lm.tokenizer.decode(list(stream))
+
+
+def test_a_stream_writes_what_generate_writes(lm):
+    engine = Engine(lm, max_batch=4)
+    try:
+        for seed, options in ((1, dict(temperature=0.8)), (2, dict(top_k=5)), (3, dict(top_p=0.9)), (4, {})):
+            stream = engine.submit(lm.encode_prompt("ROMEO:"), length=80, seed=seed, **options)
+            assert text_of(lm, "ROMEO:", stream) == lm.generate("ROMEO:", length=80, seed=seed, **options)
+    finally:
+        engine.close()
+
+
+def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(lm):
+    alone = lm.generate("JULIET:", length=150, seed=7, temperature=0.9)
+    engine = Engine(lm, max_batch=16)
+    results: dict[int, str] = {}
+
+    def client(i: int) -> None:
+        if i % 3 == 0:  # the probe request, again and again, among others with their own seeds and settings
+            results[i] = text_of(lm, "JULIET:", engine.submit(lm.encode_prompt("JULIET:"), length=150, seed=7,
+                                                              temperature=0.9))
+        else:
+            results[i] = text_of(lm, "ROMEO:", engine.submit(lm.encode_prompt("ROMEO:"), length=50 + 7 * i,
+                                                             seed=i, top_k=3 + i))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(18)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    engine.close()
+    assert engine.largest_batch > 1                                     # they did share batches
+    assert [results[i] for i in range(0, 18, 3)] == [alone] * 6
+    assert len({results[i] for i in range(18) if i % 3}) == 12          # the others are their own
+
+
+def test_at_most_max_batch_streams_step_together_and_the_rest_wait_in_order(lm):
+    engine = Engine(lm, max_batch=2)
+    prompt = lm.encode_prompt("A")
+    streams = [engine.submit(prompt, length=10, seed=i) for i in range(5)]
+    outputs = [list(s) for s in streams]
+    engine.close()
+    assert [len(o) for o in outputs] == [10] * 5
+    assert engine.largest_batch == 2 and engine.steps >= 25             # 5 x 10 tokens, 2 at a time
+
+
+def test_a_cancelled_stream_leaves_the_batch_and_the_others_go_on(lm):
+    engine = Engine(lm, max_batch=4)
+    prompt = lm.encode_prompt("A")
+    long = engine.submit(prompt, length=1_000_000, seed=1)
+    short = engine.submit(prompt, length=30, seed=2)
+    first = list(itertools.islice(iter(long), 5))
+    long.cancel()
+    rest = list(long)                                                   # ends: the reader hung up
+    assert len(first) == 5 and len(rest) < 1_000
+    assert len(list(short)) == 30
+    engine.close()
+
+
+def test_bad_requests_are_refused_in_one_line(lm, tmp_path):
+    engine = Engine(lm)
+    try:
+        for kwargs, message in ((dict(prompt=[], length=5, seed=1), "at least one prompt token"),
+                                (dict(prompt=[1], length=-1, seed=1), "--length must be >= 0"),
+                                (dict(prompt=[1], length=5, seed=-1), "--seed must be"),
+                                (dict(prompt=[1], length=5, seed=1, temperature=0), "--temperature must be > 0")):
+            with pytest.raises(RnnlabError, match=message):
+                engine.submit(**kwargs)
+    finally:
+        engine.close()
+    with pytest.raises(RnnlabError, match="--max-batch must be at least 1"):
+        Engine(lm, max_batch=0)
+    from conftest import QUIET, shakespeare
+    from rnnlab.data.corpus import Corpus
+    ngram = rnnlab.train(Corpus("s", shakespeare(5000), shakespeare(5000)), tmp_path / "ng", model="ngram", **QUIET)
+    with pytest.raises(RnnlabError, match="baseline is served one by one"):
+        Engine(ngram)
