@@ -46,6 +46,7 @@ class Stream:
     length: int
     seed: int
     sampling: dict
+    generator: torch.Generator | None = None
     tokens: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: int = 0
@@ -59,6 +60,24 @@ class Stream:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def take(self) -> list[int] | None:
+        """Every token ready now (waiting for the first): one hop for a reader on another thread,
+        however many steps the engine took meanwhile. None at the end."""
+        items = [self.tokens.get()]
+        while True:
+            try:
+                items.append(self.tokens.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if isinstance(item, BaseException):
+                raise item
+        if items[-1] is _DONE:
+            self.tokens.put(_DONE)  # the end, again, for a caller that asks once more
+            items.pop()
+            return items or None
+        return items
 
 
 class Engine:
@@ -77,7 +96,9 @@ class Engine:
         self.worker.start()
 
     def submit(self, prompt: list[int], *, length: int, seed: int, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, greedy: bool = False) -> Stream:
+               top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+               generator: torch.Generator | None = None) -> Stream:
+        """Queue a request; `generator` (default: seeded with `seed`) is the stream's own."""
         check_sampling(temperature, top_k, top_p)
         check_seed(seed, maximum=MAX_GENERATION_SEED)
         if not prompt:
@@ -85,7 +106,7 @@ class Engine:
         if length < 0:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         stream = Stream(list(prompt), length, seed,
-                        dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy))
+                        dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy), generator)
         with self.wake:
             if self.closed:
                 raise RnnlabError("the engine is closed")
@@ -120,7 +141,7 @@ class Engine:
                             admitted.append(self.waiting.popleft())
                     for stream in admitted:  # prefill: the prompt in one fused call
                         out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
-                        active.append((stream, torch.Generator().manual_seed(stream.seed)))
+                        active.append((stream, stream.generator or torch.Generator().manual_seed(stream.seed)))
                         states.append(hidden)
                         logits.append(out[:, -1])
                     keep = [i for i, (stream, _) in enumerate(active)

@@ -104,30 +104,34 @@ class TextModel:
         document = getattr(self.tokenizer, "doc_id", None)
         if document is not None:
             stops = [*stops, END_OF_DOCUMENT]     # past a document's end is another document
-        ids = self.encode_prompt(prompt) if prompt else []
-        if from_start:
-            if document is None:
-                raise RnnlabError("--from-start needs a model trained on several files (this one has no "
-                                  "end-of-document marker)")
-            ids = [document, *ids]
-            for i in ids:
-                detok(i)
-            yield prompt or ""
-        elif ids:
-            for i in ids:
-                detok(i)  # bring the detokenizer's spacing state up to the prompt's end
-            yield prompt
-        else:
-            # no prompt: start from a random vocabulary word, as the textbook's generator does
-            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS, EOD, END_OF_DOCUMENT)]
-            ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
-            yield detok(ids[0]).lstrip(" ")
+        ids, first = self.start(prompt, generator, detok, from_start=from_start)
+        yield first
         repetition = Repetition(ids, penalty=repetition_penalty, window=repetition_window,
                                 no_repeat_ngram=no_repeat_ngram)
         pieces = (detok(token) for token in self.continue_ids(
             ids, length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
             repetition=repetition if repetition.active else None))
         yield from until_stop(pieces, stops) if stops else pieces
+
+    def start(self, prompt: str | None, generator: torch.Generator, detok, *,
+              from_start: bool = False) -> tuple[list[int], str]:
+        """The ids generation continues from, and the text they stand for: the prompt's, or without one
+        a random vocabulary word (drawn with `generator`, as the textbook's generator does); with
+        `from_start`, after an end-of-document marker. `detok` is brought up to their end."""
+        ids = self.encode_prompt(prompt) if prompt else []
+        if from_start:
+            document = getattr(self.tokenizer, "doc_id", None)
+            if document is None:
+                raise RnnlabError("--from-start needs a model trained on several files (this one has no "
+                                  "end-of-document marker)")
+            ids = [document, *ids]
+        elif not ids:
+            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS, EOD, END_OF_DOCUMENT)]
+            ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
+            return ids, detok(ids[0]).lstrip(" ")
+        for i in ids:
+            detok(i)  # the detokenizer's spacing state at the prompt's end
+        return ids, prompt or ""
 
     def generate(self, prompt: str | None = None, *, beam: int | None = None, length_penalty: float = 1.0,
                  **options) -> str:

@@ -12,14 +12,16 @@
 
 How one model serves many clients at once:
 
-    request ──► lm.stream(...)    its own hidden state, RNG and detokenizer; the weights are shared, read-only
+    request ──► waits for one of --max-concurrent slots ──► its stream joins the engine's batch
+                (inference/engine.py: one worker thread steps every active stream as one batch,
+                 each with its own state, settings and random generator)
                     │
-                    ▼  next()     one token per hop into the thread pool, under torch.inference_mode
-    event loop ◄── piece ──► JSON body, or one SSE event
+                    ▼  stream.take()   one hop into the thread pool collects every token made since
+    event loop ◄── pieces ──► JSON body, or one SSE event per piece (one write per hop)
 
-The event loop never runs the network, so a long generation does not hold up a short one, and
-the streams interleave a token at a time. A client that hangs up cancels its response; its
-generator is simply never advanced again, so its generation stops with it.
+The event loop never runs the network, so a long generation does not hold up a short one. A
+client that hangs up cancels its stream, which leaves the batch at the next step. A baseline
+(HMM, n-gram) has no batched step: its generations run lm.stream, a hop per token.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
@@ -49,12 +51,12 @@ from starlette.concurrency import run_in_threadpool
 
 from rnnlab.version import __version__
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.inference.lm import TextModel
+from rnnlab.inference.engine import Engine
+from rnnlab.inference.lm import LanguageModel, TextModel
 from rnnlab.inference.loading import load
 from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
-DISCONNECT_CHECK = 8  # a JSON (non-streamed) generation checks every this many tokens whether its client is gone
 
 
 @dataclass(frozen=True)
@@ -225,29 +227,53 @@ def _advance(pieces: Iterator[str]) -> str | None:
         return next(pieces, None)
 
 
-async def _pieces(lm: TextModel, options: dict, counters: Counters, slots: asyncio.Semaphore) -> AsyncIterator[str]:
-    """lm.stream, one thread-pool hop per piece: first the prompt, then one piece per new token.
-    A generation runs only while it holds one of the server's `max_concurrent` slots."""
+async def _pieces(lm: TextModel, engine: Engine | None, options: dict, counters: Counters,
+                  slots: asyncio.Semaphore) -> AsyncIterator[list[str]]:
+    """The text in chunks: first [the prompt], then the pieces of the tokens made since the last chunk.
+    A generation runs only while it holds one of the server's `max_concurrent` slots. An RNN's
+    stream is stepped by the batched engine, and one thread-pool hop collects every token it made
+    meanwhile; a baseline's runs lm.stream, a hop per token."""
     counters.waiting += 1
     try:
         await slots.acquire()
     finally:
         counters.waiting -= 1
-    pieces = lm.stream(**options)
     counters.active_generations += 1
     try:
-        if (prompt := await run_in_threadpool(_advance, pieces)) is None:
+        if engine is not None:
+            async for chunk in _engine_pieces(lm, engine, options, counters):
+                yield chunk
             return
-        yield prompt
-        while (piece := await run_in_threadpool(_advance, pieces)) is not None:
-            counters.tokens_generated += 1
-            yield piece
+        pieces = lm.stream(**options)
+        try:
+            if (prompt := await run_in_threadpool(_advance, pieces)) is None:
+                return
+            yield [prompt]
+            while (piece := await run_in_threadpool(_advance, pieces)) is not None:
+                counters.tokens_generated += 1
+                yield [piece]
+        finally:
+            # a hop in flight finishes before cancellation lands (threads cannot be interrupted),
+            # so the generator is idle here and can be closed
+            pieces.close()
     finally:
-        # a hop in flight finishes before cancellation lands (threads cannot be interrupted),
-        # so the generator is idle here and can be closed
-        pieces.close()
         counters.active_generations -= 1
         slots.release()
+
+
+async def _engine_pieces(lm: TextModel, engine: Engine, options: dict, counters: Counters) -> AsyncIterator[list[str]]:
+    generator = torch.Generator().manual_seed(options["seed"])
+    detok = lm.tokenizer.detokenizer()
+    ids, first = lm.start(options["prompt"], generator, detok)   # the same start as lm.generate's
+    stream = engine.submit(ids, length=options["length"], seed=options["seed"], generator=generator,
+                           **{k: options[k] for k in ("temperature", "top_k", "top_p", "greedy")})
+    try:
+        yield [first]
+        while (tokens := await run_in_threadpool(stream.take)) is not None:
+            counters.tokens_generated += len(tokens)
+            yield [detok(token) for token in tokens]
+    finally:
+        stream.cancel()  # a client that hung up: its stream leaves the batch at the next step
 
 
 def _sse(data: dict, event: str | None = None) -> str:
@@ -269,8 +295,16 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
     GenerateRequest = request_model(limits)
     counters = Counters()
     slots = asyncio.Semaphore(limits.max_concurrent)
+    # an RNN's streams step together in one batch (inference/engine.py); a baseline's one by one
+    engine = Engine(lm, max_batch=limits.max_concurrent) if isinstance(lm, LanguageModel) else None
 
-    app = FastAPI(title=f"rnnlab: {name}", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if engine is not None:
+            engine.close()
+
+    app = FastAPI(title=f"rnnlab: {name}", version=__version__, lifespan=lifespan,
                   description="Generate text with a recurrent language model trained by rnnlab.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
@@ -314,24 +348,24 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
         options = dict(prompt=request.prompt or None, length=request.max_tokens, temperature=request.temperature,
                        top_k=request.top_k, top_p=request.top_p, greedy=request.greedy, seed=seed)
         unknown = lm.tokenizer.unknown(request.prompt) if request.prompt else []
-        pieces = _pieces(lm, options, counters, slots)
+        pieces = _pieces(lm, engine, options, counters, slots)
 
         if not request.stream:
             text = []
             async with contextlib.aclosing(pieces):
-                async for piece in pieces:
-                    text.append(piece)
+                async for chunk in pieces:
+                    text.extend(chunk)
                     # a client that hung up stops its generation here, as a streamed one does
-                    if len(text) % DISCONNECT_CHECK == 0 and await http.is_disconnected():
+                    if await http.is_disconnected():
                         return Response(status_code=499)
             return Generation(text="".join(text), tokens=len(text) - 1, seed=seed, unknown=unknown)
 
         async def events() -> AsyncIterator[str]:
             tokens = -1  # the first piece is the prompt
             async with contextlib.aclosing(pieces):
-                async for piece in pieces:
-                    tokens += 1
-                    yield _sse({"text": piece})
+                async for chunk in pieces:  # one event per piece, one write per chunk of them
+                    tokens += len(chunk)
+                    yield "".join(_sse({"text": piece}) for piece in chunk)
             yield _sse({"tokens": tokens, "seed": seed, "unknown": unknown}, event="done")
 
         # no-cache, and X-Accel-Buffering for nginx: a proxy must pass each event on as it comes
