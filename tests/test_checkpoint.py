@@ -110,3 +110,21 @@ def test_every_file_of_a_model_directory_gets_the_permissions_open_would_give(tm
     make_dir(tmp_path / "m")
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir() if p.is_file()}
     assert set(modes.values()) == {FILE_MODE}, modes   # safetensors alone used to come out 0600
+
+
+@pytest.mark.parametrize("options", [
+    dict(cell="lstm", hidden=64, embed_dim=32, layers=2),
+    dict(cell="gru", hidden=48, embed_dim=48, layers=3, tie_weights=False),
+    dict(cell="rnn", hidden=40, input="onehot"),
+    dict(cell="lstm", hidden=64, embed_dim=32, softmax="adaptive", cutoffs=(2000, 10_000)),
+    dict(cell="mingru", hidden=64, embed_dim=32),
+])
+def test_the_parameter_estimate_bounds_the_real_count_closely(options):
+    # the memory checks and the weights-file check use it: it must not undercount (a model that fits would
+    # be refused... or one that does not, let through), and must stay close (adaptive softmax included)
+    from rnnlab.models.config import ModelConfig
+    from rnnlab.models.rnnlm import RNNLM
+    config = ModelConfig(vocab_size=50_000, **options)
+    with torch.device("meta"):
+        real = sum(p.numel() for p in RNNLM(config).parameters())
+    assert real <= config.approx_parameters() <= 1.1 * real, (real, config.approx_parameters())

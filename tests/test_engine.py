@@ -96,3 +96,19 @@ def test_bad_requests_are_refused_in_one_line(lm, tmp_path):
     ngram = rnnlab.train(Corpus("s", shakespeare(5000), shakespeare(5000)), tmp_path / "ng", model="ngram", **QUIET)
     with pytest.raises(RnnlabError, match="baseline is served one by one"):
         Engine(ngram)
+
+
+def test_a_request_that_fails_fails_alone_and_the_engine_goes_on(lm):
+    engine = Engine(lm, max_batch=4)
+    try:
+        bad = engine.submit([lm.tokenizer.vocab_size + 5], length=10, seed=1)   # no such token: prefill raises
+        good = engine.submit(lm.encode_prompt("A"), length=10, seed=2)
+        with pytest.raises(IndexError):
+            list(bad)
+        assert bad.take() is None                                             # the end stays the end
+        assert len(list(good)) == 10
+        assert len(list(engine.submit(lm.encode_prompt("B"), length=5, seed=3))) == 5
+    finally:
+        engine.close()
+    with pytest.raises(RnnlabError, match="engine has stopped"):
+        engine.submit([1], length=1, seed=1)

@@ -265,6 +265,7 @@ def test_beam_ends_at_a_line_end_and_checks_its_options():
         lm.net.decoder.bias[lm.tokenizer.eos_id] += 4.0              # now a line end is likely
     text = lm.beam("the", length=200, width=3)
     assert text.endswith("\n") and text.count("\n") == 1 and len(text.split()) < 200
+    assert lm.beam("   ", length=5, width=2).startswith("   ")           # a prompt of no words: a line's start
     with pytest.raises(RnnlabError, match="takes no sampling options"):
         lm.generate("the", beam=2, temperature=0.5)
     for options, message in ((dict(width=0), "--beam must be at least 1"),

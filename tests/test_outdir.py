@@ -236,3 +236,29 @@ def test_resume_on_a_read_only_folder_is_one_line(tiny_model, tmp_path, monkeypa
                                                       f"read-only; make it writable")
     monkeypatch.undo()
     assert snapshot(out) == before
+
+
+def test_out_dot_and_an_existing_empty_folder_are_staged_inside_it(corpus, tmp_path, monkeypatch):
+    # `--out .` (and a mount point) cannot be renamed: the run stages inside and moves its files up
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = cli("train", corpus, "--out", ".", *tiny_args(), "--max-steps", "3")
+    assert result.returncode == 0, result.stderr
+    assert rnnlab.load(work).config["steps"] == 3
+    assert not [p.name for p in work.iterdir() if p.name.startswith(".")]       # no staging left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "work"]  # nothing beside it
+
+
+def test_a_publish_into_a_folder_that_a_kill_interrupted_is_cleared_by_the_next_run(corpus, tiny_model, tmp_path):
+    out = tmp_path / "m"
+    (out / ".rnnlab-new-x1y2").mkdir(parents=True)             # what a kill mid-publish leaves: rnnlab's own
+    shutil.copy(tiny_model / "model.safetensors", out / "model.safetensors")
+    shutil.copy(tiny_model / "tokenizer.json", out / "tokenizer.json")
+    (out / ".rnnlab-new-x1y2" / "config.json").write_text("{}")
+    assert train(corpus, out).returncode == 0
+    assert rnnlab.load(out).config["steps"] == 3 and not (out / ".rnnlab-new-x1y2").exists()
+    (tmp_path / "mine").mkdir()                                  # without the staging folder: a user's files
+    (tmp_path / "mine" / "model.safetensors").write_bytes(b"mine")
+    refused(train(corpus, tmp_path / "mine"), "holds files that are not an rnnlab model")
+    assert (tmp_path / "mine" / "model.safetensors").read_bytes() == b"mine"

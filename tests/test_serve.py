@@ -419,3 +419,18 @@ def test_main_serve_prints_its_url_serves_and_stops_on_ctrl_c(lm):
     finally:
         server.kill()
         server.communicate()
+
+
+def test_a_served_model_of_many_files_stops_at_the_end_of_a_document(tmp_path):
+    from conftest import QUIET, TINY, shakespeare
+    text = shakespeare(24_000)
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_text(text[i * 4000:(i + 1) * 4000])
+    lm = rnnlab.train(str(tmp_path), tmp_path / "m", max_steps=3, **TINY, **QUIET)
+    with torch.no_grad():
+        lm.net.decoder.bias[lm.tokenizer.doc_id] += 8.0                # documents end often now
+    with running(create_app(lm, LIMITS)) as url:
+        for seed in range(3):
+            body = {"prompt": "ROMEO", "max_tokens": 300, "seed": seed}
+            served = httpx.post(url + "/v1/generate", json=body, timeout=60).json()["text"]
+            assert served == lm.generate("ROMEO", length=300, seed=seed) and "\x1e" not in served

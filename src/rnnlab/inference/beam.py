@@ -49,7 +49,8 @@ def beam_search(net: torch.nn.Module, prompt: list[int], steps: int, *, width: i
         finished: list[tuple[float, list[int]]] = []
         for _ in range(steps):
             candidates = (scores[:, None] + logits.double().log_softmax(-1)).flatten()   # (beams * V,)
-            top = candidates.topk(min(width, candidates.numel()))
+            # twice the width: beams that finish here do not leave fewer than `width` running
+            top = candidates.topk(min(2 * width, candidates.numel()))
             parents = torch.div(top.indices, logits.size(-1), rounding_mode="floor")
             tokens = top.indices % logits.size(-1)
             running, keep = [], []
@@ -57,7 +58,7 @@ def beam_search(net: torch.nn.Module, prompt: list[int], steps: int, *, width: i
                 sequence = beams[parent] + [token]
                 if token == eos_id:
                     finished.append((score / len(sequence) ** length_penalty, sequence))
-                else:
+                elif len(running) < width:
                     running.append(sequence)
                     keep.append((score, parent, token))
             if not running:

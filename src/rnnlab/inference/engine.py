@@ -70,14 +70,19 @@ class Stream:
                 items.append(self.tokens.get_nowait())
             except queue.Empty:
                 break
+        tokens = []
         for item in items:
-            if isinstance(item, BaseException):
-                raise item
-        if items[-1] is _DONE:
-            self.tokens.put(_DONE)  # the end, again, for a caller that asks once more
-            items.pop()
-            return items or None
-        return items
+            if item is _DONE or isinstance(item, BaseException):
+                self.tokens.put(_DONE)  # the end stays visible to a caller that asks again
+                if isinstance(item, BaseException):
+                    raise item
+                return tokens or None
+            tokens.append(item)
+        return tokens
+
+    def fail(self, error: BaseException) -> None:
+        self.tokens.put(error)
+        self.tokens.put(_DONE)
 
 
 class Engine:
@@ -108,8 +113,8 @@ class Engine:
         stream = Stream(list(prompt), length, seed,
                         dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy), generator)
         with self.wake:
-            if self.closed:
-                raise RnnlabError("the engine is closed")
+            if self.closed or not self.worker.is_alive():
+                raise RnnlabError("the generation engine has stopped; restart the server")
             self.waiting.append(stream)
             self.wake.notify()
         return stream
@@ -126,6 +131,7 @@ class Engine:
         active: list[tuple[Stream, torch.Generator]] = []
         states: list = []             # per active stream: its hidden state, batch of one (nn layout)
         logits: list[torch.Tensor] = []
+        admitted: list[Stream] = []
         net = self.lm.net
         try:
             with torch.inference_mode(), evaluating(net):
@@ -136,11 +142,15 @@ class Engine:
                             self.wake.wait()
                         if self.closed:
                             break
-                        admitted = []
                         while self.waiting and len(active) + len(admitted) < self.max_batch:
                             admitted.append(self.waiting.popleft())
-                    for stream in admitted:  # prefill: the prompt in one fused call
-                        out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
+                    while admitted:  # prefill: the prompt in one fused call; a failure fails that stream only
+                        stream = admitted.pop(0)
+                        try:
+                            out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
+                        except Exception as e:  # noqa: BLE001 — handed to its reader, who raises it
+                            stream.fail(e)
+                            continue
                         active.append((stream, stream.generator or torch.Generator().manual_seed(stream.seed)))
                         states.append(hidden)
                         logits.append(out[:, -1])
@@ -151,19 +161,15 @@ class Engine:
                     active, states, logits = ([x[i] for i in keep] for x in (active, states, logits))
                     if not active:
                         continue
-                    tokens = torch.cat([next_token(logits[i], generator=generator, **stream.sampling)
-                                        for i, (stream, generator) in enumerate(active)])
-                    for (stream, _), token in zip(active, tokens.tolist()):
-                        stream.made += 1
-                        stream.tokens.put(token)
-                    self.steps += 1
-                    self.largest_batch = max(self.largest_batch, len(active))
-                    batch_logits, batch_hidden = stepper(tokens, _stack(states))
-                    logits = list(batch_logits.split(1))
-                    states = _unstack(batch_hidden, len(active))
+                    try:
+                        logits, states = self._step(stepper, active, states, logits)
+                    except Exception as e:  # noqa: BLE001 — the batch's streams fail; the engine goes on
+                        for stream, _ in active:
+                            stream.fail(e)
+                        active, states, logits = [], [], []
         except BaseException as e:  # noqa: BLE001 — handed to every reader, who raises it
-            for stream, _ in active:
-                stream.tokens.put(e)
+            for stream in [*(s for s, _ in active), *admitted]:
+                stream.fail(e)
             raise
         finally:
             for stream, _ in active:
@@ -171,6 +177,19 @@ class Engine:
             with self.wake:
                 for stream in self.waiting:
                     stream.tokens.put(_DONE)
+
+    def _step(self, stepper: Stepper, active: list, states: list, logits: list) -> tuple[list, list]:
+        """Sample each stream's token (on the CPU, where its generator lives), hand them out, and take
+        one batched step. Returns the new per-stream logits and states."""
+        tokens = torch.cat([next_token(logits[i].cpu(), generator=generator, **stream.sampling)
+                            for i, (stream, generator) in enumerate(active)])
+        for (stream, _), token in zip(active, tokens.tolist()):
+            stream.made += 1
+            stream.tokens.put(token)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, len(active))
+        batch_logits, batch_hidden = stepper(tokens.to(self.lm.device), _stack(states))
+        return list(batch_logits.split(1)), _unstack(batch_hidden, len(active))
 
 
 def _stack(states: list):

@@ -224,7 +224,7 @@ class LanguageModel(TextModel):
         if length < 0:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         detok = self.tokenizer.detokenizer()
-        ids = self.encode_prompt(prompt) if prompt else [self.tokenizer.eos_id or 0]  # no prompt: a line's start
+        ids = (self.encode_prompt(prompt) if prompt else []) or [self.tokenizer.eos_id or 0]  # none: a line's start
         for i in ids:
             detok(i)  # the detokenizer's spacing state at the prompt's end
         tokens = beam_search(self.net, ids, length, width=width, length_penalty=length_penalty,

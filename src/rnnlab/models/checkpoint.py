@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import io
 import json
 import math
@@ -57,74 +58,96 @@ class NewModelDir:
     """The directory of a new run, made so that `target` never holds half a model and never loses
     what it held before the new run has a model to put there.
 
-    The run writes into a hidden staging folder beside `target` (`.NAME.rnnlab-new-XXXX`). Once
-    that folder holds a checkpoint that loads (the step-0 save), `publish()` renames it to `target`,
-    swapping it atomically with an old model (--overwrite) where the system can. An error before
-    then (a corpus too short for one batch, a model too big for memory) leaves `target` as it was.
-    `target` must be absent, an empty folder, or (with overwrite) a folder that holds only an rnnlab
-    model; anything else is refused before a byte is written.
+    The run writes into a hidden staging folder until its first checkpoint (the step-0 save) is
+    complete; `publish()` then puts it in place:
+    - a new `target`: staged beside it (`.NAME.rnnlab-new-XXXX`), published by one rename;
+    - an old model under --overwrite: staged beside it, swapped in atomically where the system can;
+    - an existing empty folder (`.`, a mount point, a folder made for the run): staged inside it
+      (`.rnnlab-new-XXXX`), published by moving the files up, config.json last: until it lands the
+      folder is not a model, and a kill in between leaves what the next run recognises and clears.
+    An error before `publish()` (a corpus too short for one batch, a model too big for memory)
+    leaves `target` as it was. `target` must be absent, an empty folder, or (with overwrite) a
+    folder that holds only an rnnlab model; anything else is refused before a byte is written.
     """
 
+    INSIDE = ".rnnlab-new-"
+
     def __init__(self, target: Path, *, overwrite: bool = False):
-        self.target = Path(target)
+        self.target = Path(os.path.abspath(target))   # "." has a parent to stage beside, or is staged into
+        self.shown = Path(target)
         self.staging: Path | None = None
+        self.inside = False                            # staged inside an existing empty folder
+        self.interrupted: list[str] = []               # what a kill left of an earlier publish into it
         self._check(overwrite)  # everything that can be said before writing is said now
 
     def _check(self, overwrite: bool) -> None:
-        target = self.target
+        target, shown = self.target, self.shown
         if target.is_symlink():
-            raise RnnlabError(f"--out {target} is a symbolic link; rnnlab writes only into real folders "
+            raise RnnlabError(f"--out {shown} is a symbolic link; rnnlab writes only into real folders "
                               f"(give the folder it points to)")
         if target.exists() and not target.is_dir():
-            raise RnnlabError(f"--out {target} is a file, not a folder")
+            raise RnnlabError(f"--out {shown} is a file, not a folder")
         if not target.is_dir():
             return
         try:
             names = sorted(p.name for p in target.iterdir())
         except OSError as e:
-            raise RnnlabError(f"cannot read --out {target}: {e.strerror}; choose another folder") from None
-        if not names:
-            return
+            raise RnnlabError(f"cannot read --out {shown}: {e.strerror}; choose another folder") from None
         if not (target / CONFIG).is_file():
-            raise RnnlabError(f"--out {target} holds files that are not an rnnlab model ({_some(names)}); "
-                              f"rnnlab writes a new model only into a new or empty folder: choose another --out")
+            ours = all(n in OWN or is_leftover(n) or n.startswith(self.INSIDE) for n in names)
+            if names and not (ours and any(n.startswith(self.INSIDE) for n in names)):
+                raise RnnlabError(f"--out {shown} holds files that are not an rnnlab model ({_some(names)}); "
+                                  f"rnnlab writes a new model only into a new or empty folder: choose another --out")
+            self.inside, self.interrupted = True, names
+            return
         if not overwrite:
-            raise RnnlabError(f"{target} already holds a model; pass --overwrite to replace it, "
-                              f"--resume {target} to continue it, or choose another --out")
+            raise RnnlabError(f"{shown} already holds a model; pass --overwrite to replace it, "
+                              f"--resume {shown} to continue it, or choose another --out")
         foreign = [n for n in names if n not in OWN and not is_leftover(n)]
         if foreign:
-            raise RnnlabError(f"--overwrite replaces only what rnnlab wrote, and {target} also holds "
+            raise RnnlabError(f"--overwrite replaces only what rnnlab wrote, and {shown} also holds "
                               f"{_some(foreign)}; move those out first, or choose another --out")
 
     def create(self) -> Path:
         """Make the staging folder; returns where the run writes until `publish()`."""
         target = self.target
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for stale in target.parent.glob(f".{target.name}.rnnlab-new-*"):  # left by a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-            self.staging = staging_dir(target.parent, f".{target.name}.rnnlab-new-")
+            if self.inside:
+                for name in self.interrupted:  # a publish a kill interrupted: rnnlab's own files
+                    path = target / name
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                self.staging = staging_dir(target, self.INSIDE)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                for stale in target.parent.glob(f".{glob.escape(target.name)}.rnnlab-new-*"):  # a killed run's
+                    shutil.rmtree(stale, ignore_errors=True)
+                self.staging = staging_dir(target.parent, f".{target.name}.rnnlab-new-")
         except OSError as e:
-            if target.is_dir() and not any(target.iterdir()) and os.access(target, os.W_OK):
-                return target  # an empty folder in a folder we may not write to: the run writes in place
-            raise RnnlabError(f"cannot write to --out {target}: {e.strerror}; choose a writable folder") from None
+            raise RnnlabError(f"cannot write to --out {self.shown}: {e.strerror}; choose a writable folder") from None
         return self.staging
 
     def publish(self) -> Path:
-        """Put the staging folder in place as `target`; from now on the run writes there."""
+        """Put the staging folder in place as `target`; from now on the run writes there (the path
+        as the user gave it is returned)."""
         if self.staging is None:
-            return self.target
-        if self.target.is_dir() and any(self.target.iterdir()):
+            return self.shown
+        if self.inside:
+            for name in sorted(os.listdir(self.staging), key=lambda n: n == CONFIG):  # config.json last
+                os.replace(self.staging / name, self.target / name)
+            os.rmdir(self.staging)
+            fsync_dir(self.target)
+        elif self.target.is_dir():
             if not exchange(self.staging, self.target):  # no atomic swap here: two renames
                 os.replace(self.target, self.staging.with_name(self.staging.name + "-old"))
                 os.replace(self.staging, self.target)
                 self.staging = self.staging.with_name(self.staging.name + "-old")
             shutil.rmtree(self.staging, ignore_errors=True)      # the old model, now replaced
+            fsync_dir(self.target.parent)
         else:
-            os.replace(self.staging, self.target)                # onto nothing, or onto an empty folder
-        fsync_dir(self.target.parent)
+            os.replace(self.staging, self.target)
+            fsync_dir(self.target.parent)
         self.staging = None
-        return self.target
+        return self.shown
 
     def abandon(self) -> None:
         """The run failed before it had a model to publish: remove what it wrote."""

@@ -81,7 +81,13 @@ class ModelConfig:
         width = gates * H if self.input == "onehot" else self.embed_dim
         table = V * width
         recurrent = gates * H * (width + H + 2) + (self.layers - 1) * gates * H * (2 * H + 2)
-        return table + recurrent + H * V + V
+        if self.softmax == "adaptive":  # nn.AdaptiveLogSoftmaxWithLoss: a head, and a narrower tail per cluster
+            edges = [*self.cutoffs, V]
+            output = H * (edges[0] + len(edges) - 1) + sum(int(H // 4.0 ** (i + 1)) * (H + edges[i + 1] - edges[i])
+                                                            for i in range(len(edges) - 1))
+        else:
+            output = H * V + V
+        return table + recurrent + output
 
     def check_fits(self, memory_bytes: int, copies: int, what: str,
                    fix: str = "choose a smaller --hidden, --embed-dim, --layers or --max-vocab", *,

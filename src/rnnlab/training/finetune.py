@@ -90,7 +90,8 @@ def transplant(parent: RNNLM, net: RNNLM) -> None:
     """Copy the parent's weights into `net`. Where the vocabulary grew (embedding and softmax rows),
     the parent's rows are copied and the new rows keep their fresh initialisation."""
     if parent.config.softmax == "adaptive" and parent.config.vocab_size != net.config.vocab_size:
-        raise RnnlabError("an adaptive-softmax model fine-tunes with its own vocabulary; pass --keep-vocab")
+        raise RnnlabError("an adaptive-softmax model fine-tunes with its own vocabulary: drop --extend-vocab (word "
+                          "level) or pass --keep-vocab (char level)")
     source = parent.state_dict()
     with torch.no_grad():
         for name, tensor in net.state_dict().items():

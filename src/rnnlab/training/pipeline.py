@@ -215,9 +215,9 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
         f"train {len(ids['train']):,} tokens | valid {0 if ids['valid'] is None else len(ids['valid']):,}")
     b = run.baseline
     log(f"model: {b.model} ({f'{b.states} states' if b.model == 'hmm' else f'order {b.order}'}) | writing to "
-        f"{run_dir.target}")
+        f"{run_dir.shown}")
     try:
-        with reported_write_errors(run_dir.target):
+        with reported_write_errors(run_dir.shown):
             model = fit_baseline(b.model, path, tokenizer, ids["train"], ids["valid"], ids["test"],
                                  run_record(corpus, tokenizer, ids, run.data, command), states=b.states, order=b.order,
                                  em_iterations=b.em_iterations, time_budget=train_config.time_budget,
