@@ -206,3 +206,25 @@ def test_a_word_model_reads_the_marker_as_one_eod_token_and_writes_it_back(tmp_p
     assert tok.vocab[:3] == ["<unk>", "<eos>", EOD]
     ids = tok.encode(text)
     assert [tok.vocab[i] for i in ids].count(EOD) == 2 and tok.decode(ids).count(END_OF_DOCUMENT) == 2
+
+
+def test_a_run_recorded_before_the_markers_reads_its_folder_as_it_did(tmp_path):
+    # config.json without corpus.documents: its files were read run together, and are read so again
+    import json
+    import rnnlab
+    from conftest import QUIET, TINY, cli, shakespeare
+    from rnnlab.data.tokencache import ids_sha256
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(shakespeare(30_000)[i * 10_000:(i + 1) * 10_000])
+    lm = rnnlab.train(str(folder), tmp_path / "m", max_steps=2, **TINY, **QUIET)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["corpus"]["documents"] is True
+    del config["corpus"]["documents"]                                  # as an older rnnlab wrote it
+    old_train = load_corpus([str(folder)], documents=False).train
+    assert "\x1e" not in old_train
+    config["corpus"]["train_sha256"] = ids_sha256(lm.tokenizer.encode(old_train))
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert cli("evaluate", tmp_path / "m").returncode == 0
+    assert cli("train", "--resume", tmp_path / "m", "--max-steps", "3", "--quiet").returncode == 0

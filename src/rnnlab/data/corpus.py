@@ -94,16 +94,17 @@ def find_files(source: str, glob: str = "*.txt") -> list[Path]:
     raise RnnlabError(f"no such file or folder: {source} (named corpora: {', '.join(['pydocs', *NAMED])})")
 
 
-def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8") -> str:
+def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8", *, documents: bool = True) -> str:
     """Concatenate every file of every source; each file ends with a newline and, where there are
     several files, with END_OF_DOCUMENT, so that the files stay apart: no training window runs from
-    one into the next without the marker, and generation can start or stop at a document's edge."""
+    one into the next without the marker, and generation can start or stop at a document's edge.
+    `documents=False` reads them run together, as rnnlab did before it marked them (for older runs)."""
     paths = [path for source in sources for path in find_files(source, glob)]
     parts = []
     for path in paths:
         text = read_file(path, encoding)
         text = text if text.endswith("\n") or not text else text + "\n"
-        parts.append(text + (END_OF_DOCUMENT if len(paths) > 1 and text else ""))
+        parts.append(text + (END_OF_DOCUMENT if documents and len(paths) > 1 and text else ""))
     text = "".join(parts)
     if not text.strip():
         raise RnnlabError(f"the corpus {', '.join(sources)} is empty; give a file or folder with text in it")
@@ -300,7 +301,7 @@ def load_named(name: str, *, progress: bool = True) -> Corpus:
 
 def load_corpus(sources: str | list[str], *, valid: str | None = None, test: str | None = None,
                 valid_fraction: float | None = None, glob: str = "*.txt", encoding: str = "utf-8",
-                pretokenized: bool | None = None, progress: bool = True) -> Corpus:
+                pretokenized: bool | None = None, progress: bool = True, documents: bool = True) -> Corpus:
     """Read a corpus from named corpora, files or folders, and split it.
 
     Splits, in order of precedence: `valid`/`test` files; a named corpus's own split; the last
@@ -317,7 +318,8 @@ def load_corpus(sources: str | list[str], *, valid: str | None = None, test: str
         names = [s for s in sources if s in NAMED or s == "pydocs"]
         if names:
             raise RnnlabError(f"a named corpus ({names[0]}) cannot be mixed with other sources")
-        corpus = Corpus(", ".join(sources), read_sources(sources, glob, encoding), sources=sources)
+        corpus = Corpus(", ".join(sources), read_sources(sources, glob, encoding, documents=documents),
+                        sources=sources)
 
     if valid is not None:
         corpus.valid = read_sources([valid], glob, encoding)

@@ -54,7 +54,7 @@ def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
     saved = checkpoint.recorded_corpus(lm.config, lm.path or Path("."))
     options = {k: saved[k] for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
                if saved.get(k) is not None}
-    corpus = load_corpus(saved["sources"], progress=progress, **options)
+    corpus = load_corpus(saved["sources"], progress=progress, documents=saved.get("documents", False), **options)
     expected = saved.get("train_sha256")
     if expected and ids_sha256(lm.tokenizer.encode(corpus.train)) != expected:
         raise RnnlabError(f"the corpus at {', '.join(saved['sources'])} is not the text {lm.path or 'the model'} was "

@@ -263,7 +263,7 @@ def read_config(directory: Path) -> dict:
 
 
 _CORPUS_FIELDS = {"valid": str, "test": str, "glob": str, "encoding": str, "valid_fraction": (int, float),
-                  "pretokenized": bool, "train_sha256": str, "name": str}
+                  "pretokenized": bool, "documents": bool, "train_sha256": str, "name": str}
 
 
 def recorded_corpus(config: dict, directory: Path, *, sources: bool = True) -> dict:

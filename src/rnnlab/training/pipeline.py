@@ -167,7 +167,10 @@ def read_corpus(corpus, data: DataConfig, saved: dict | None, progress: bool) ->
         raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
     if isinstance(corpus, Corpus):
         return corpus
-    return load_corpus(corpus, progress=progress, **{k: v for k, v in data.corpus_options().items() if v is not None})
+    # a run recorded before rnnlab marked the ends of files read its files run together
+    documents = saved is None or saved["corpus"].get("documents", False)
+    return load_corpus(corpus, progress=progress, documents=documents,
+                       **{k: v for k, v in data.corpus_options().items() if v is not None})
 
 
 def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
@@ -198,7 +201,8 @@ def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: 
         "tokenizer": {"level": tokenizer.kind, **data.vocab_settings(tokenizer.kind)},
         "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": data.valid, "test": data.test,
                    "valid_fraction": data.valid_fraction, "glob": data.glob, "encoding": data.encoding,
-                   "pretokenized": corpus.pretokenized, "train_sha256": tokencache.ids_sha256(train_ids),
+                   "pretokenized": corpus.pretokenized, "documents": True,
+                   "train_sha256": tokencache.ids_sha256(train_ids),
                    "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
                    "test_tokens": None if test_ids is None else len(test_ids)},
         "command": command or "",
