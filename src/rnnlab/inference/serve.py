@@ -227,12 +227,10 @@ def _advance(pieces: Iterator[str]) -> str | None:
         return next(pieces, None)
 
 
-async def _pieces(lm: TextModel, engine: Engine | None, options: dict, counters: Counters,
-                  slots: asyncio.Semaphore) -> AsyncIterator[list[str]]:
-    """The text in chunks: first [the prompt], then the pieces of the tokens made since the last chunk.
-    A generation runs only while it holds one of the server's `max_concurrent` slots. An RNN's
-    stream is stepped by the batched engine, and one thread-pool hop collects every token it made
-    meanwhile; a baseline's runs lm.stream, a hop per token."""
+@contextlib.asynccontextmanager
+async def generation_slot(counters: Counters, slots: asyncio.Semaphore):
+    """Wait (counted as waiting) for one of the server's `max_concurrent` slots; hold it (counted as
+    active) while the generation runs."""
     counters.waiting += 1
     try:
         await slots.acquire()
@@ -240,6 +238,19 @@ async def _pieces(lm: TextModel, engine: Engine | None, options: dict, counters:
         counters.waiting -= 1
     counters.active_generations += 1
     try:
+        yield
+    finally:
+        counters.active_generations -= 1
+        slots.release()
+
+
+async def _pieces(lm: TextModel, engine: Engine | None, options: dict, counters: Counters,
+                  slots: asyncio.Semaphore) -> AsyncIterator[list[str]]:
+    """The text in chunks: first [the prompt], then the pieces of the tokens made since the last chunk.
+    A generation runs only while it holds a slot. An RNN's stream is stepped by the batched engine,
+    and one thread-pool hop collects every token it made meanwhile; a baseline's runs lm.stream, a
+    hop per token."""
+    async with generation_slot(counters, slots):
         if engine is not None:
             async for chunk in _engine_pieces(lm, engine, options, counters):
                 yield chunk
@@ -256,9 +267,6 @@ async def _pieces(lm: TextModel, engine: Engine | None, options: dict, counters:
             # a hop in flight finishes before cancellation lands (threads cannot be interrupted),
             # so the generator is idle here and can be closed
             pieces.close()
-    finally:
-        counters.active_generations -= 1
-        slots.release()
 
 
 async def _engine_pieces(lm: TextModel, engine: Engine, options: dict, counters: Counters) -> AsyncIterator[list[str]]:
@@ -314,6 +322,10 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
                   description="Generate text with a recurrent language model trained by rnnlab.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
+    if engine is not None:  # the OpenAI-compatible routes: /v1/completions, /v1/models
+        from rnnlab.inference import openai_api
+        openai_api.add_routes(app, lm, engine, name, limits, lambda: generation_slot(counters, slots), counters)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes each bad value back, which fails (a 500) when the value is
@@ -324,6 +336,11 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
             if error["type"] == "json_invalid":
                 message = f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
             detail.append({"type": error["type"], "loc": list(error["loc"]), "msg": message})
+        if request.url.path == "/v1/completions":  # OpenAI's error shape, naming the first bad field
+            from rnnlab.inference.openai_api import error
+            first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+            field = ".".join(str(part) for part in first["loc"][1:]) or None
+            return error(400, f"{field + ': ' if field else ''}{first['msg']}", field)
         # ensure_ascii: a lone surrogate in a misspelt key still encodes
         return Response(json.dumps({"detail": detail}), status_code=422, media_type="application/json")
 
