@@ -1,6 +1,7 @@
 """Load on `rnnlab serve`: N clients streaming at once for a fixed time, on 127.0.0.1.
 
     .venv/bin/python benchmarks/serve_load.py runs/demo --clients 8 --seconds 15
+    .venv/bin/python benchmarks/serve_load.py runs/demo --clients 8 --api openai   # POST /v1/completions
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000      # a server already running
 
 Without --url it starts the server itself, in its own process (so that the clients do not share
@@ -27,8 +28,36 @@ SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning'))")
 
 
+async def one_completion(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
+    """The same over the OpenAI protocol: POST /v1/completions with "stream": true, read to [DONE];
+    the usage chunk gives the token count."""
+    started = time.perf_counter()
+    first_token = tokens = None
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        done = False
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line.removeprefix("data:").strip()
+            if data == "[DONE]":
+                done = True
+                continue
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"] and first_token is None:
+                first_token = time.perf_counter() - started
+    if first_token is None or tokens is None or not done:
+        raise RuntimeError(f"stream ended without text, usage or [DONE] ({tokens} tokens)")
+    return first_token, tokens
+
+
 async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
     """(seconds to the first generated token, tokens) of one streamed generation."""
+    if body.get("_api") == "openai":
+        return await one_completion(client, {k: v for k, v in body.items() if k != "_api"})
+    body = {k: v for k, v in body.items() if k != "_api"}
     started = time.perf_counter()
     first_token = tokens = None
     async with client.stream("POST", "/v1/generate", json=body) as response:
@@ -84,11 +113,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="how long to keep starting requests (default: 15)")
     parser.add_argument("--max-tokens", type=int, default=200, help="tokens per request (default: 200)")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of every request (default: ROMEO:)")
+    parser.add_argument("--api", choices=["rnnlab", "openai"], default="rnnlab",
+                        help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
     args = parser.parse_args()
     if not (args.model or args.url):
         parser.error("give a MODEL directory to serve, or the --url of a running server")
 
-    body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True}
+    body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True, "_api": args.api}
     server = None
     url = args.url
     if url is None:
