@@ -87,6 +87,14 @@ def _describe(hint: Any) -> str:
             type(None): "none"}.get(hint, str(hint))
 
 
+def check_at_least_one(config: Any, names: tuple[str, ...], flag: str = "--") -> None:
+    """Each named field is at least 1 (a None is allowed: "not set")."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise RnnlabError(f"{flag}{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def check_seed(seed: int | None, flag: str = "--seed", maximum: int = MAX_SEED) -> None:
     if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed <= maximum):
         raise RnnlabError(f"{flag} must be a whole number from 0 to {maximum}, got {seed!r}")

@@ -83,11 +83,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     which = scored_split(args.corpus or None, args.split, options)
     what = ", ".join(args.corpus) if args.corpus else "the model's corpus"
     print(f"text:             {f'{which} split of ' if which else 'all of '}{what}")
-    print(f"tokens:           {result['tokens']:,}")
+    print_metrics(result, unit, "tokens:          ")
+    return 0
+
+
+def print_metrics(result: dict, unit: str, tokens_label: str) -> None:
+    """The four lines evaluate and score print: tokens, loss, perplexity, bits per token."""
+    print(f"{tokens_label} {result['tokens']:,}")
     print(f"loss:             {result['loss']:.4f} nats/{unit}")
     print(f"perplexity:       {result['perplexity']:.2f}")
     print(f"bits per {unit}: {result['bits_per_token']:.4f}")
-    return 0
 
 
 def score_parser(sub) -> None:
@@ -119,10 +124,7 @@ def score_command(args: argparse.Namespace) -> int:
         return 0
     unit = "character" if lm.tokenizer.kind == "char" else "token"
     print(f"text:             {args.file} ({len(result['lines']):,} lines)")
-    print(f"tokens scored:    {result['tokens']:,}")
-    print(f"loss:             {result['loss']:.4f} nats/{unit}")
-    print(f"perplexity:       {result['perplexity']:.2f}")
-    print(f"bits per {unit}: {result['bits_per_token']:.4f}")
+    print_metrics(result, unit, "tokens scored:   ")
     if args.tokens:
         print("\ntoken surprisal (bits), in order:")
         for item in result["per_token"]:

@@ -14,6 +14,7 @@ call, with no cache growing with length. One worker thread owns the model:
     text = "".join(lm.tokenizer.decode([t]) for t in stream)      # token ids as they are made
     engine.close()
 
+A model trained on many files ends a stream at the end of a document (its `finish` is then "stop").
 A stream with the same prompt, settings and seed gives the same tokens whatever else runs beside
 it: its random generator is its own, and its row of the batch is computed from its own state
 (the batched matrix products may round differently from a batch of one in the last bit, which
@@ -50,6 +51,7 @@ class Stream:
     penalties: tuple[float, float] = (0.0, 0.0)   # OpenAI's presence and frequency penalties
     logprobs: int | None = None                   # with it, items are (token, logprob, {alternative: logprob})
     counts: dict = field(default_factory=dict)    # token -> times generated (for the penalties)
+    finish: str = "length"                        # "stop": the model ended its document (not handed out)
     tokens: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: int = 0
@@ -95,6 +97,7 @@ class Engine:
         if max_batch < 1:
             raise RnnlabError(f"--max-batch must be at least 1, got {max_batch}")
         self.lm, self.max_batch = lm, max_batch
+        self.document = getattr(lm.tokenizer, "doc_id", None)  # past a document's end is another document
         self.waiting: collections.deque[Stream] = collections.deque()
         self.wake = threading.Condition()
         self.closed = False
@@ -200,6 +203,9 @@ class Engine:
             chosen.append(next_token(row, generator=generator, **stream.sampling))
         tokens = torch.cat(chosen)
         for row, (stream, _), token in zip(rows, active, tokens.tolist()):
+            if token == self.document:  # the stream ends here, as lm.stream does; it leaves at the next step
+                stream.finish, stream.made = "stop", stream.length
+                continue
             stream.made += 1
             stream.counts[token] = stream.counts.get(token, 0) + 1
             if stream.logprobs is None:

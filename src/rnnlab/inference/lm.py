@@ -158,6 +158,11 @@ class TextModel:
         return score(self, text)
 
 
+def held_back(held: str, stops: list[str]) -> int:
+    """How many characters at the end of `held` must wait: the longest end that begins a stop string."""
+    return max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])), default=0)
+
+
 def until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
     """The pieces, up to (not including) the first stop string in their concatenation. A piece that
     could be the start of a stop string is held back until the next shows whether it is."""
@@ -169,9 +174,7 @@ def until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[str]:
             if min(found):
                 yield held[:min(found)]
             return
-        # the longest end of `held` that begins some stop string stays held; the rest goes out
-        keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])),
-                   default=0)
+        keep = held_back(held, stops)
         if len(held) > keep:
             yield held[:len(held) - keep]
             held = held[len(held) - keep:]

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from rnnlab.data.tokenizers import END_OF_DOCUMENT
+from rnnlab.inference.lm import held_back
 from rnnlab.options import MAX_GENERATION_SEED
 
 MAX_N = 8
@@ -164,7 +164,7 @@ class Choice:
             if r.echo and self.prompt:
                 self.text += self.prompt
                 yield self.prompt, None
-            stops = [*self.stops, *([END_OF_DOCUMENT] if getattr(self.lm.tokenizer, "doc_id", None) is not None else [])]
+            stops = self.stops
             pending: list[tuple[str, float | None, dict | None]] = []   # pieces that may begin a stop string
             while (items := await run_in_threadpool(self.stream.take)) is not None:
                 for item in items:
@@ -188,8 +188,7 @@ class Choice:
                         self.stream.cancel()
                         return
                     # what cannot be the start of a stop string goes out; the rest waits for the next piece
-                    keep = max((k for s in stops for k in range(1, min(len(s), len(held) + 1)) if held.endswith(s[:k])),
-                               default=0)
+                    keep = held_back(held, stops)
                     release = []
                     while pending and len(held) - len(pending[0][0]) >= keep:
                         release.append(pending.pop(0))
@@ -198,6 +197,7 @@ class Choice:
                         yield out
             for out in self._emit(pending):
                 yield out
+            self.finish = self.stream.finish  # "stop" where the model ended its document
 
     def _emit(self, entries) -> Iterator[tuple[str, dict | None]]:
         """Record released pieces (and their logprobs) in the choice, and give them to the caller."""

@@ -275,15 +275,9 @@ async def _engine_pieces(lm: TextModel, engine: Engine, options: dict, counters:
     ids, first = lm.start(options["prompt"], generator, detok)   # the same start as lm.generate's
     stream = engine.submit(ids, length=options["length"], seed=options["seed"], generator=generator,
                            **{k: options[k] for k in ("temperature", "top_k", "top_p", "greedy")})
-    document = getattr(lm.tokenizer, "doc_id", None)
     try:
         yield [first]
         while (tokens := await run_in_threadpool(stream.take)) is not None:
-            if document in tokens:  # the end of a document: past it is another one (as lm.stream stops)
-                tokens = tokens[:tokens.index(document)]
-                counters.tokens_generated += len(tokens)
-                yield [detok(token) for token in tokens]
-                return
             counters.tokens_generated += len(tokens)
             yield [detok(token) for token in tokens]
     finally:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 from rnnlab.errors import RnnlabError
 from rnnlab.models.registry import CELLS, CLASSIC, names
-from rnnlab.options import check_types, option, parse_int_list
+from rnnlab.options import check_at_least_one, check_types, option, parse_int_list
 
 INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
@@ -50,9 +50,7 @@ class ModelConfig:
             raise RnnlabError(f"--impl explicit covers {', '.join(CLASSIC)}; {self.cell} has only its scan form")
         if self.input not in INPUTS:
             raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
-        for name in ("vocab_size", "embed_dim", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise RnnlabError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("vocab_size", "embed_dim", "hidden", "layers"), flag="")
         if not 0.0 <= self.dropout < 1.0:
             raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.init_range is not None and not 0 < self.init_range < math.inf:

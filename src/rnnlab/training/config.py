@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, fields
 
 from rnnlab.errors import RnnlabError
-from rnnlab.options import check_seed, check_types, option, parse_clip
+from rnnlab.options import check_at_least_one, check_seed, check_types, option, parse_clip
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau", "step")
@@ -62,13 +62,8 @@ class TrainConfig:
             raise RnnlabError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
         if self.schedule not in SCHEDULES:
             raise RnnlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("batch_size", "bptt", "eval_batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "eval_every", "patience", "save_every", "sample_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_at_least_one(self, ("batch_size", "bptt", "eval_batch_size", "log_every", "epochs", "max_steps",
+                                  "eval_every", "patience", "save_every", "sample_every"))
         if not 0 < self.lr < math.inf:
             raise RnnlabError(f"--lr must be a positive number, got {self.lr}")
         for name in ("momentum", "weight_decay"):
@@ -114,10 +109,7 @@ class DataConfig:
             raise RnnlabError(f"unknown level {self.level!r}; choose char, word or bpe")
         if self.valid_fraction is not None and not 0 < self.valid_fraction < 1:
             raise RnnlabError(f"--valid-fraction must be between 0 and 1, got {self.valid_fraction}")
-        for name in ("max_vocab", "min_freq"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_at_least_one(self, ("max_vocab", "min_freq"))
 
     def vocab_settings(self, level: str) -> dict:
         """max_vocab, min_freq and lowercase with their defaults filled in (a BPE vocabulary defaults smaller)."""
@@ -147,9 +139,7 @@ class EmbeddingConfig:
 
     def __post_init__(self):
         check_types(self)
-        for name in ("w2v_window", "w2v_epochs", "w2v_min_count"):
-            if getattr(self, name) < 1:
-                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("w2v_window", "w2v_epochs", "w2v_min_count"))
 
 
 @dataclass
@@ -164,9 +154,7 @@ class BaselineConfig:
         check_types(self)
         if self.model not in ("rnn", *BASELINES):
             raise RnnlabError(f"unknown model {self.model!r}; choose rnn, hmm or ngram")
-        for name in ("states", "em_iterations", "order"):
-            if getattr(self, name) < 1:
-                raise RnnlabError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_at_least_one(self, ("states", "em_iterations", "order"))
 
 
 def field_names(config_class) -> set[str]:

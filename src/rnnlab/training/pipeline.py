@@ -109,11 +109,12 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
         log(f"fine-tuning {parent.path} ({(parent.config.get('corpus') or {}).get('name')}, "
             f"{parent.config.get('steps')} steps): its vocabulary covers {100 * float(np.mean(known)):.1f}% of the "
             f"new training tokens" + (f"; {len(added)} added" if added else ""))
-        parent = (parent, finetune.lineage(parent, added))
+
     if run.baseline.model != "rnn":
         return train_baseline(corpus, out, tokenizer, ids, run, overwrite=overwrite, command=command, log=log)
     return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
-                     progress=progress, command=command, log=log, parent=parent)
+                     progress=progress, command=command, log=log, parent=parent,
+                     lineage=finetune.lineage(parent, added) if parent is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +234,9 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
 
 
 def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
-              overwrite: bool, progress: bool, command, log, parent=None) -> LanguageModel:
-    """`parent`: (the model a fine-tuning run starts from, its lineage record), or None."""
+              overwrite: bool, progress: bool, command, log, parent: LanguageModel | None = None,
+              lineage: dict | None = None) -> LanguageModel:
+    """`parent`: the model a fine-tuning run starts from (and `lineage`, its record), or None."""
     # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
     if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
@@ -278,7 +280,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     device = distributed.device_for(world, chosen_device)
     net = RNNLM(model_config)
     if parent is not None:
-        finetune.transplant(parent[0].net, net)
+        finetune.transplant(parent.net, net)
     embedding_record = {"source": run.embedding.embedding or ("onehot" if model_config.input == "onehot" else "learned")}
     if vectors is not None:
         from rnnlab.models.embeddings import initialise
@@ -293,8 +295,8 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
     run_config = {"rnnlab_version": __version__, "model_type": "rnn", "model": model_config.to_dict(),
                   "train": asdict(train_config), **record,
                   "embedding": (saved or {}).get("embedding") or embedding_record}
-    if parent is not None or (saved or {}).get("init_from"):
-        run_config["init_from"] = parent[1] if parent is not None else saved["init_from"]
+    if lineage or (saved or {}).get("init_from"):
+        run_config["init_from"] = lineage or saved["init_from"]
     lm.config = run_config
 
     # the loop
