@@ -12,7 +12,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.inference.engine import Engine
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def lm(tiny_model):
     return rnnlab.load(tiny_model)
 

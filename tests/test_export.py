@@ -33,7 +33,7 @@ def onnx_logits(directory, ids: list[int]) -> np.ndarray:
     return np.stack(out)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def models(tmp_path_factory, tiny_model):
     """The session's tiny LSTM, and a GRU and a ReLU RNN trained for a few steps."""
     root = tmp_path_factory.mktemp("export")

@@ -47,7 +47,7 @@ def time_limit(seconds: int):
 # -- the sandbox: a corpus, a model, and the user's files the commands must never touch ---------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def sandbox(tmp_path_factory, tiny_model) -> Iterator[Path]:
     # a named corpus not in the cache is fetched from a mirror; a closed local port refuses at once
     saved, os.environ["RNNLAB_MIRROR"] = os.environ.get("RNNLAB_MIRROR"), "http://127.0.0.1:9"

@@ -14,18 +14,18 @@ import rnnlab  # noqa: E402
 from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def lm(tiny_model):
     return rnnlab.load(tiny_model)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def url(lm) -> Iterator[str]:
     with running(create_app(lm, Limits(max_prompt_chars=200, max_tokens=400))) as url:
         yield url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import cli, refused, shakespeare, tiny_args
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("refusals") / "corpus.txt"
     path.write_text(shakespeare(20_000), encoding="utf-8")

@@ -19,8 +19,8 @@ from rnnlab.data.corpus import decode
 from rnnlab.errors import RnnlabError
 
 # a save at every step, so a kill at a random moment often lands inside one (each save's files are written,
-# fsynced and renamed); 90 steps and two kills keep the test to three process starts
-STEPS = 90
+# fsynced and renamed); 50 steps and two kills keep the test to three process starts
+STEPS = 50
 ARGS = (*tiny_args(layers=2), "--max-steps", str(STEPS), "--schedule", "constant", "--log-every", "1",
         "--save-every", "1", "--eval-every", "25", "--dropout", "0.1")
 
@@ -44,14 +44,14 @@ def last_logged_step(directory: Path) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def corpus_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
     path.write_text(shakespeare(20_000))
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def uninterrupted(corpus_file, tmp_path_factory) -> dict[int, float]:
     out = tmp_path_factory.mktemp("full") / "m"
     result = cli("train", corpus_file, "--out", out, *ARGS)

@@ -28,19 +28,19 @@ LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
 LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still going when a test is done with it
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def lm(tiny_model) -> rnnlab.LanguageModel:
     """The session's tiny char-level LSTM (vocabulary of single characters: one token, one character)."""
     return rnnlab.load(tiny_model)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def url(lm) -> Iterator[str]:
     with running(create_app(lm, LIMITS)) as url:
         yield url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def client(url) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
@@ -282,7 +282,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
 FIELDS = st.sampled_from(["prompt", "max_tokens", "temperature", "top_k", "top_p", "greedy", "seed", "stream", "x"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist may interleave modules
 def small_server(lm) -> Iterator[str]:
     with running(create_app(lm, Limits(max_prompt_chars=50, max_tokens=30))) as url:
         yield url
