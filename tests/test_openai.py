@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Iterator
 
 import pytest
 
 pytest.importorskip("fastapi", reason="rnnlab serve needs its extra: pip install 'rnnlab[serve]'")
-openai = pytest.importorskip("openai", reason="these tests need the openai package: pip install openai")
+if importlib.util.find_spec("openai") is None:
+    pytest.skip("these tests need the openai package: pip install openai", allow_module_level=True)
 httpx = pytest.importorskip("httpx")
 
 import rnnlab  # noqa: E402
@@ -25,8 +27,15 @@ def url(lm) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def openai():
+    import openai  # here, not at collection: the import takes seconds, which every xdist worker would pay
+
+    return openai
+
+
 @pytest.fixture(scope="session")  # session: xdist may interleave modules
-def client(url):
+def client(url, openai):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
@@ -87,7 +96,7 @@ def test_echo_and_penalties(client):
     assert max(penalised.count(c) for c in set(penalised)) < max(plain.count(c) for c in set(plain))
 
 
-def test_errors_have_openais_shape(client, url):
+def test_errors_have_openais_shape(client, url, openai):
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="tiny", prompt="x", max_tokens=-1)
     with pytest.raises(openai.BadRequestError, match="stop: up to 4"):
