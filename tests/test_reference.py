@@ -108,3 +108,21 @@ def test_same_seed_gives_same_weights_and_float32_is_kept():
 def test_bad_arguments_are_clear_errors(call, message):
     with pytest.raises(RnnlabError, match=message):
         call(NumpyRNN(vocab_size=V, hidden=H))
+
+
+def test_the_gradient_checks_a_learner_runs_pass_a_correct_backward_pass_and_catch_a_wrong_one(monkeypatch):
+    from rnnlab.studies.reference import autograd_differences, finite_difference_errors
+    model = model_with_large_weights(seed=5)
+    h0 = np.random.default_rng(6).standard_normal(H) * 0.5
+    assert max(finite_difference_errors(model, INPUTS, TARGETS, h0).values()) < 1e-6
+    assert max(autograd_differences(model, INPUTS, TARGETS, h0).values()) < 1e-8
+    # a backward pass with a wrong W_hh gradient (off by half): both checks see it
+    right = NumpyRNN.loss_and_grads
+
+    def wrong(self, *args):
+        loss, grads, h = right(self, *args)
+        return loss, {**grads, "W_hh": 1.5 * grads["W_hh"]}, h
+    monkeypatch.setattr(NumpyRNN, "loss_and_grads", wrong)
+    assert finite_difference_errors(model, INPUTS, TARGETS, h0)["W_hh"] > 0.3
+    assert autograd_differences(model, INPUTS, TARGETS, h0)["W_hh"] > 1e-3
+    assert finite_difference_errors(model, INPUTS, TARGETS, h0)["W_xh"] < 1e-6  # and only that one

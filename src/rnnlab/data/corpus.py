@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from rnnlab.data.tokenizers import END_OF_DOCUMENT
 from rnnlab.errors import RnnlabError

@@ -1,8 +1,11 @@
-"""PNG plots: gradient norms, loss curves, long-range results, model comparisons, Hopfield recall.
+"""Plots: gradient norms, loss curves, long-range results, model comparisons, Hopfield recall, and a
+training curve that redraws as training runs (`LiveCurves`, for notebooks).
 
-Figures are drawn with matplotlib's object API and its Agg canvas, never pyplot: nothing opens a
-window, nothing touches global state, and the plots work on a machine without a display.
-matplotlib is optional for rnnlab; these functions say how to install it when it is missing.
+Figures are drawn with matplotlib's object API, never pyplot: nothing opens a window, nothing touches
+global state, and the plots work on a machine without a display. Each function returns its Figure
+(a notebook shows it) and, given a path, also writes it as a PNG. Backgrounds are opaque white, so
+a figure reads the same in light and dark notebook themes. matplotlib is optional for rnnlab; these
+functions say how to install it when it is missing.
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ def _figure(panels: int = 1, *, width: float = 7.0, height: float = 4.5):
     return fig, list(fig.subplots(1, panels, squeeze=False)[0])
 
 
-def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+def _save(fig, path: str | Path | None):
+    """Write `fig` to `path` as a PNG, if a path is given; return the figure."""
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
 
 
-def plot_gradient_norms(result: dict[str, list[float]], path: str | Path, *, title: str | None = None) -> None:
+def plot_gradient_norms(result: dict[str, list[float]], path: str | Path | None = None, *, title: str | None = None):
     """`result` as from gradients.measure: cell -> mean ||dL_T/dh_t|| for t = T, ..., 1.
     x: steps back from T; y: the norm, log scale; one line per cell."""
     fig, (ax,) = _figure()
@@ -54,10 +60,10 @@ def plot_gradient_norms(result: dict[str, list[float]], path: str | Path, *, tit
     ax.set_xlim(0, max(length - 1, 1))
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(title="cell")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_loss_curves(curves: dict[str, list[float]], path: str | Path, title: str = "Training loss") -> None:
+def plot_loss_curves(curves: dict[str, list[float]], path: str | Path | None = None, title: str = "Training loss"):
     """One line per label (e.g. from gradients.clip_experiment), x: step, y: loss. A cross marks
     where a curve first diverges (`gradients.first_divergence`: above the dashed line at twice
     its first loss); a curve that ends in nan or inf says so where it stops."""
@@ -97,10 +103,10 @@ def plot_loss_curves(curves: dict[str, list[float]], path: str | Path, title: st
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_longrange(rows: list[dict], path: str | Path) -> None:
+def plot_longrange(rows: list[dict], path: str | Path | None = None):
     """Rows as from longrange.run (or read back from its CSV): one panel per task, x: sequence
     length T, y: the task's test metric, one line per cell; the memoryless baseline dashed, the
     solved threshold dotted; solved points filled, unsolved hollow."""
@@ -141,10 +147,10 @@ def plot_longrange(rows: list[dict], path: str | Path) -> None:
         ax.set_title(f"{task} task (filled marker: solved)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_compare(rows: list[dict], path: str | Path, title: str = "Validation perplexity") -> None:
+def plot_compare(rows: list[dict], path: str | Path | None = None, title: str = "Validation perplexity"):
     """Rows as from compare.run, two panels, one line per model, log axes: validation perplexity
     against training tokens (where each model pays off: the crossings) and against training
     seconds (what each costs)."""
@@ -172,10 +178,10 @@ def plot_compare(rows: list[dict], path: str | Path, title: str = "Validation pe
     axes[0].set_title(f"{title} against training data")
     axes[1].set_title(f"{title} against training time")
     axes[0].legend(title="model")
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_hopfield(rows: list[tuple[int, float]], units: int, path: str | Path) -> None:
+def plot_hopfield(rows: list[tuple[int, float]], units: int, path: str | Path | None = None):
     """Rows as from hopfield.capacity_experiment, [(patterns stored, recall rate), ...]: the recall
     rate against patterns per unit, with the theoretical capacity 0.138 N (Amit, Gutfreund &
     Sompolinsky 1985) marked."""
@@ -191,4 +197,61 @@ def plot_hopfield(rows: list[tuple[int, float]], units: int, path: str | Path) -
     ax.set_title("Hopfield network: recall against load")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    return _save(fig, path)
+
+
+class LiveCurves:
+    """The training and validation loss, redrawn under a notebook cell as training runs:
+
+        curves = LiveCurves()
+        lm = rnnlab.train("pydocs", "runs/nb", time_budget=1, on_metrics=curves)
+
+    Each call takes one record as metrics.jsonl holds them ({"step", "train_loss", ...} or
+    {"step", "valid_loss", ...}). The figure is redrawn at most once a second, and at every
+    validation; `figure()` draws it once more, whole, after training."""
+
+    def __init__(self, title: str = "Training", min_interval: float = 1.0):
+        self.title, self.min_interval = title, min_interval
+        self.train: list[tuple[int, float]] = []
+        self.valid: list[tuple[int, float]] = []
+        self._handle = None
+        self._drawn = 0.0
+
+    def __call__(self, record: dict) -> None:
+        import time
+
+        if "train_loss" in record:
+            self.train.append((record["step"], record["train_loss"]))
+        elif "valid_loss" in record:
+            self.valid.append((record["step"], record["valid_loss"]))
+        else:
+            return
+        if "valid_loss" in record or time.monotonic() - self._drawn >= self.min_interval:
+            self.show()
+            self._drawn = time.monotonic()
+
+    def figure(self):
+        fig, (ax,) = _figure(height=3.8)
+        if self.train:
+            ax.plot(*zip(*self.train), color="tab:blue", linewidth=1.2, label="training (mean since the last log)")
+        if self.valid:
+            ax.plot(*zip(*self.valid), "o-", color="tab:orange", linewidth=1.8, label="validation")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(self.title)
+        ax.grid(True, alpha=0.3)
+        if self.train or self.valid:
+            ax.legend()
+        return fig
+
+    def show(self) -> None:
+        """Draw the curves under the running cell, replacing the previous drawing."""
+        try:
+            from IPython.display import display
+        except ImportError:
+            raise RnnlabError("LiveCurves draws in a Jupyter notebook: pip install 'rnnlab[notebooks]'") from None
+        fig = self.figure()
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)

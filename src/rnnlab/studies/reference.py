@@ -200,3 +200,55 @@ def sample_text(model: NumpyRNN, chars: list[str], first: str, length: int, *, s
     """`first` and `length` characters sampled after it."""
     ids = model.sample(chars.index(first), length, np.random.default_rng(seed), temperature)
     return first + "".join(chars[i] for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the hand-written gradients (what a learner runs after writing BPTT)
+
+
+def finite_difference_errors(model: NumpyRNN, inputs: list[int], targets: list[int], h0: np.ndarray | None = None, *,
+                             samples: int = 10, eps: float = 1e-5, seed: int = 0) -> dict[str, float]:
+    """parameter name -> the largest relative error between `loss_and_grads`' gradient and the central
+    difference (L(w + eps) - L(w - eps)) / (2 eps), over `samples` random entries of that parameter.
+    With float64 and a correct backward pass the errors are about 1e-9; a wrong one gives 1e-2 or more.
+    Entries whose gradient is below 1e-9 either way are skipped (nothing to compare)."""
+    _, grads, _ = model.loss_and_grads(inputs, targets, h0)
+    rng, errors = np.random.default_rng(seed), {}
+    for name, p in model.params.items():
+        worst = 0.0
+        for i in rng.choice(p.size, size=min(p.size, samples), replace=False):
+            index = np.unravel_index(i, p.shape)
+            original = p[index]
+            p[index] = original + eps
+            plus = model.loss_and_grads(inputs, targets, h0)[0]
+            p[index] = original - eps
+            minus = model.loss_and_grads(inputs, targets, h0)[0]
+            p[index] = original
+            numeric, analytic = (plus - minus) / (2 * eps), grads[name][index]
+            if max(abs(numeric), abs(analytic)) > 1e-9:
+                worst = max(worst, abs(analytic - numeric) / max(abs(analytic), abs(numeric)))
+        errors[name] = worst
+    return errors
+
+
+def autograd_differences(model: NumpyRNN, inputs: list[int], targets: list[int],
+                         h0: np.ndarray | None = None) -> dict[str, float]:
+    """parameter name -> the largest absolute difference between `loss_and_grads`' gradient and torch
+    autograd's on the same network (`to_torch`), plus "loss" and "h_T" for the forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    loss, grads, h_last = model.loss_and_grads(inputs, targets, h0)
+    rnn, head = to_torch(model)
+    dtype = next(rnn.parameters()).dtype
+    h0 = model.initial_state() if h0 is None else h0
+    x = F.one_hot(torch.tensor([inputs]), model.vocab_size).to(dtype)           # (1, T, V)
+    out, h_n = rnn(x, torch.from_numpy(np.asarray(h0)).to(dtype).view(1, 1, -1))  # (1, T, H)
+    torch_loss = F.cross_entropy(head(out)[0], torch.tensor(targets))           # the mean over the T steps
+    torch_loss.backward()
+    expected = {"W_xh": rnn.weight_ih_l0.grad, "W_hh": rnn.weight_hh_l0.grad, "b_h": rnn.bias_ih_l0.grad,
+                "W_hy": head.weight.grad, "b_y": head.bias.grad}
+    differences = {"loss": abs(loss - torch_loss.item()),
+                   "h_T": float(np.abs(h_last - h_n.detach().view(-1).numpy()).max())}
+    differences.update({name: float(np.abs(grads[name] - grad.numpy()).max()) for name, grad in expected.items()})
+    return differences

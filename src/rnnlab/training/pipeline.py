@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from rnnlab.data import tokencache
 from rnnlab.data.corpus import Corpus, load_corpus
@@ -66,7 +66,8 @@ class Options:
 def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None = None, *,
           resume: str | Path | None = None, preset: str | None = None, overwrite: bool = False,
           init_from: str | Path | None = None, keep_vocab: bool = False, extend_vocab: int = 0,
-          progress: bool = True, command: str | None = None, log=None, tokenizer=None, **options) -> LanguageModel:
+          progress: bool = True, command: str | None = None, log=None, tokenizer=None, on_metrics=None,
+          **options) -> LanguageModel:
     """Train a recurrent language model (or a baseline) and return it: the best checkpoint.
 
     `corpus` is a named corpus ("pydocs", "tinyshakespeare", "ptb", "wikitext-2"), a path or list of
@@ -77,7 +78,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     recipe. With `resume`, the run in that directory continues from its last checkpoint, on its own
     corpus unless one is given. With `init_from`, a new run starts from that model's weights and
     tokenizer (fine-tuning; `keep_vocab`, `extend_vocab`: see training/finetune.py). `tokenizer`
-    replaces the one fitted on the training split.
+    replaces the one fitted on the training split. `on_metrics` is called with each record the
+    training curve (metrics.jsonl) gets, e.g. `studies.plots.LiveCurves()` to watch it in a notebook.
     """
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     run = Options.from_kwargs(preset, options)
@@ -113,7 +115,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     if run.baseline.model != "rnn":
         return train_baseline(corpus, out, tokenizer, ids, run, overwrite=overwrite, command=command, log=log)
     return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
-                     progress=progress, command=command, log=log, parent=parent,
+                     progress=progress, command=command, log=log, parent=parent, on_metrics=on_metrics,
                      lineage=finetune.lineage(parent, added) if parent is not None else None)
 
 
@@ -235,7 +237,7 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
 
 def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
               overwrite: bool, progress: bool, command, log, parent: LanguageModel | None = None,
-              lineage: dict | None = None) -> LanguageModel:
+              lineage: dict | None = None, on_metrics=None) -> LanguageModel:
     """`parent`: the model a fine-tuning run starts from (and `lineage`, its record), or None."""
     # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
     if saved is not None:
@@ -301,7 +303,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
 
     # the loop
     trainer = Trainer(lm, ids["train"], ids["valid"], train_config, out, run_config, progress=progress, log=log,
-                      world=world)
+                      world=world, on_metrics=on_metrics)
     if saved is not None:
         last = checkpoint.resume_dir(out)
         checkpoint.load_weights(net, last)

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from rnnlab.data.batching import batchify, num_windows, windows
 from rnnlab.errors import RnnlabError
@@ -102,7 +102,7 @@ class Trainer:
 
     def __init__(self, lm: LanguageModel, train_ids: np.ndarray, valid_ids: np.ndarray | None,
                  cfg: TrainConfig, out: Path, run_config: dict, *, progress: bool = True, log=None,
-                 world: World = SINGLE):
+                 world: World = SINGLE, on_metrics=None):
         self.lm, self.cfg, self.out = lm, cfg, Path(out)
         self.named = self.out  # the model directory as the user named it (a new run writes beside it until published)
         self.run_config = run_config
@@ -110,6 +110,7 @@ class Trainer:
         self.world = world
         self.progress = progress and world.is_main
         self.log = (log or (lambda msg: tqdm.write(msg, file=sys.stderr))) if world.is_main else (lambda msg: None)
+        self.on_metrics = on_metrics  # called with each record metrics.jsonl gets (a live plot, say)
         if cfg.batch_size % world.size:
             raise RnnlabError(f"--batch-size {cfg.batch_size} does not split evenly over {world.size} processes; "
                               f"use a multiple of {world.size}")
@@ -307,6 +308,8 @@ class Trainer:
                          FILE_MODE)
             with open(fd, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.on_metrics is not None:
+            self.on_metrics(record)
 
     def _writing(self):
         then = f"; the last complete checkpoint is kept: rnnlab train --resume {self.named}" if self.step else ""
