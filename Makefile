@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-numeric clean
+.PHONY: demo test test-numeric notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,5 +26,14 @@ test: $(STAMP)
 test-numeric: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 RNNLAB_TEST_THREADS=2 $(BIN)/python -m pytest -q -m numeric
 
+# The notebooks (notebooks/*.ipynb), each run top to bottom in a fresh kernel; a failing cell fails.
+# CI runs this after the tests. Their dependencies are the optional extra [notebooks].
+$(VENV)/.notebooks: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[notebooks]'
+	touch $@
+
+notebooks: $(VENV)/.notebooks
+	$(BIN)/python notebooks/run.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs notebooks/runs .pytest_cache
