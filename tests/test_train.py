@@ -216,3 +216,24 @@ def test_resume_continues_in_the_model_directory_itself(tmp_path):
     with pytest.raises(RnnlabError, match="drop --out"):
         rnnlab.train(resume=tmp_path / "m", out=tmp_path / "elsewhere", max_steps=4, progress=False)
     assert not (tmp_path / "m" / "last" / "last").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_on_metrics_sees_every_record_of_the_curve_and_live_curves_draws_them(tmp_path, monkeypatch):
+    from rnnlab.studies.plots import LiveCurves
+    seen = []
+    rnnlab.train(corpus(), tmp_path / "m", max_steps=20, eval_every=10, log_every=5, on_metrics=seen.append, **TINY)
+    assert seen == metrics(tmp_path / "m")
+    assert [r["step"] for r in seen if "valid_loss" in r] == [10, 20] and len(seen) >= 6
+
+    curves, drawn = LiveCurves(min_interval=math.inf), []   # no redraws by time: only at validations
+    monkeypatch.setattr(curves, "show", lambda: drawn.append((len(curves.train), len(curves.valid))))
+    expected = []
+    for i, record in enumerate(seen):
+        curves(record)
+        if "valid_loss" in record:
+            expected.append((sum("train_loss" in r for r in seen[:i + 1]), len(expected) + 1))
+    assert drawn == expected
+    figure = curves.figure()
+    train_line, valid_line = figure.axes[0].get_lines()
+    assert list(train_line.get_xdata()) == [r["step"] for r in seen if "train_loss" in r]
+    assert list(valid_line.get_ydata()) == [r["valid_loss"] for r in seen if "valid_loss" in r]
