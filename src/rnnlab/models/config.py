@@ -14,6 +14,8 @@ from rnnlab.options import check_at_least_one, check_types, option, parse_int_li
 INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
 SOFTMAXES = ("full", "adaptive")
+# AWD-LSTM's regularisers (models/regularization.py); the five rates first
+REGULARIZERS = ("dropout_embed", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop", "ar", "tar")
 
 
 @dataclass
@@ -27,6 +29,20 @@ class ModelConfig:
     layers: int = option(2, "stacked recurrent layers", metavar="N")
     dropout: float = option(0.0, "dropout on the input, between layers and before the softmax (Zaremba et al. "
                             "2014)", metavar="P")
+    dropout_embed: float = option(0.0, "embedding dropout: drop whole words, rows of the embedding table (Gal & "
+                                  "Ghahramani 2016; AWD-LSTM: 0.1)", metavar="P")
+    dropout_input: float = option(0.0, "locked (variational) dropout on the embedded input: one mask per sequence, "
+                                  "the same at every step (Gal & Ghahramani 2016; AWD-LSTM: 0.65)", metavar="P")
+    dropout_hidden: float = option(0.0, "locked dropout between recurrent layers (AWD-LSTM: 0.3)", metavar="P")
+    dropout_output: float = option(0.0, "locked dropout on the last layer's output, before the softmax (AWD-LSTM: "
+                                   "0.4)", metavar="P")
+    weight_drop: float = option(0.0, "DropConnect on the hidden-to-hidden weights, one mask per forward pass; the "
+                                "recurrence stays torch's fused kernel (Merity et al. 2017; AWD-LSTM: 0.5)",
+                                metavar="P")
+    ar: float = option(0.0, "activation regularisation: AR * mean(h^2) of the last layer's dropped output is added "
+                       "to the training loss (Merity et al. 2017: 2)", metavar="AR")
+    tar: float = option(0.0, "temporal activation regularisation: TAR * mean((h_t - h_{t-1})^2) of the last "
+                        "layer's output (Merity et al. 2017: 1)", metavar="TAR")
     tie_weights: bool = option(False, "share the input embedding and softmax weights (Press & Wolf 2017)")
     freeze_embeddings: bool = option(False, "keep the input embedding fixed (pretrained vectors stay as they are)")
     init_range: float | None = option(None, "uniform(-r, r) for embedding and recurrent weights (Zaremba: 0.1); "
@@ -51,8 +67,20 @@ class ModelConfig:
         if self.input not in INPUTS:
             raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
         check_at_least_one(self, ("vocab_size", "embed_dim", "hidden", "layers"), flag="")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", *REGULARIZERS[:5]):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise RnnlabError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("ar", "tar"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise RnnlabError(f"--{name} must be a number >= 0, got {getattr(self, name)}")
+        used = [name for name in REGULARIZERS if getattr(self, name)]
+        if used and (self.impl != "torch" or self.cell not in CLASSIC):
+            raise RnnlabError(f"--{used[0].replace('_', '-')} needs one of the cells {', '.join(CLASSIC)} with --impl "
+                              f"torch (the fused kernels)")
+        if self.dropout_hidden and self.layers < 2:
+            raise RnnlabError("--dropout-hidden drops between recurrent layers: it needs --layers 2 or more")
+        if self.dropout_embed and self.input != "learned":
+            raise RnnlabError("--dropout-embed drops rows of a learned embedding: it needs --input learned")
         if self.init_range is not None and not 0 < self.init_range < math.inf:
             raise RnnlabError(f"--init-range must be a number > 0, got {self.init_range}")
         if self.tie_weights and (self.input != "learned" or self.embed_dim != self.hidden):

@@ -20,13 +20,17 @@ from rnnlab.models.cells import ExplicitRNN
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.minrnn import MinGRU, MinLSTM
 from rnnlab.models.registry import CELLS
+from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, RegularizedRNN, activation_penalty,
+                                          embedding_dropout, locked_dropout)
 
-# cell name (models/registry.py) -> (torch module, extra constructor arguments)
+# cell name (models/registry.py) -> (torch module, extra constructor arguments). The classic cells are
+# nn.RNN/LSTM/GRU with AWD-LSTM's per-layer regularisers mixed in (models/regularization.py): the same
+# parameters and, in eval mode or with those regularisers off, the same fused multi-layer forward.
 MODULES = {
-    "rnn": (nn.RNN, {"nonlinearity": "tanh"}),
-    "rnn-relu": (nn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (nn.LSTM, {}),
-    "gru": (nn.GRU, {}),
+    "rnn": (RegularizedRNN, {"nonlinearity": "tanh"}),
+    "rnn-relu": (RegularizedRNN, {"nonlinearity": "relu"}),
+    "lstm": (RegularizedLSTM, {}),
+    "gru": (RegularizedGRU, {}),
     "mingru": (MinGRU, {}),
     "minlstm": (MinLSTM, {}),
 }
@@ -55,6 +59,9 @@ class RNNLM(nn.Module):
                                    nonlinearity=extra.get("nonlinearity"))
         else:
             self.rnn = rnn_class(input_size, H, num_layers=config.layers, batch_first=True, dropout=between, **extra)
+            if hasattr(self.rnn, "regularize"):
+                self.rnn.regularize(dropout_hidden=config.dropout_hidden, weight_drop=config.weight_drop)
+        self.activation_penalty = None  # AR + TAR of the last training forward (models/regularization.py)
         self.drop = nn.Dropout(config.dropout)
         self.decoder = nn.Linear(H, V)
         if config.softmax == "adaptive":
@@ -89,20 +96,27 @@ class RNNLM(nn.Module):
                 nn.init.uniform_(p, -r, r)
 
     def forward(self, idx: torch.Tensor, hidden=None, targets: torch.Tensor | None = None):
-        """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden.
+        """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden. In
+        training with --ar/--tar, `activation_penalty` then holds the penalty to add before backward.
 
         With the adaptive softmax the loss never needs all V logits, so with targets the logits
         are None; without targets they are log-probabilities (valid logits for sampling)."""
-        x = self.encoder(idx)                       # (B, T, E)
-        if self.config.input != "onehot":
+        c = self.config
+        x = embedding_dropout(self.encoder, idx, c.dropout_embed, self.training)   # (B, T, E)
+        if c.input != "onehot":
             x = self.drop(x)
+        x = locked_dropout(x, c.dropout_input, self.training)
         if isinstance(self.rnn, nn.LSTM) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
                 and not cpu_lstm_runs_in_bf16():
             with torch.autocast("cpu", enabled=False):    # no bf16 LSTM kernel on this CPU: this layer in fp32
                 out, hidden = self.rnn(x.float(), hidden)
         else:
             out, hidden = self.rnn(x, hidden)       # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
-        out = self.drop(out)
+        raw = out
+        out = locked_dropout(self.drop(out), c.dropout_output, self.training)
+        # AR/TAR: added to the loss by the trainer, not to `loss` (which stays the cross-entropy it reports)
+        self.activation_penalty = (activation_penalty(raw, out, c.ar, c.tar)
+                                   if self.training and targets is not None else None)
         if self.decoder is None:
             flat = out.reshape(-1, out.size(-1)).float()                       # (B*T, H)
             # in float32 even under bf16 autocast: the module writes its cluster outputs into one float tensor

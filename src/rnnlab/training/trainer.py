@@ -236,8 +236,9 @@ class Trainer:
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             _, loss, hidden = (self.ddp or self.lm.net)(x, self.hidden, targets=y)
+        penalty = self.lm.net.activation_penalty  # AR/TAR (zero unless --ar/--tar): trained on, not reported
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if penalty is None else loss + penalty).backward()
         if (self.step + 1) % self.cfg.log_every == 0:
             self.layer_norms = per_layer_grad_norms(self.lm.net)  # before clipping: what backprop produced
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -1,0 +1,148 @@
+"""AWD-LSTM's regularisers (models/regularization.py): what each drops, that the recurrence stays torch's
+fused kernel, that they are off in eval mode, and that they train, resume exactly and compose."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rnnlab
+from conftest import QUIET, TINY, shakespeare, train_losses
+from rnnlab.data.corpus import Corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, activation_penalty, embedding_dropout,
+                                          locked_dropout)
+from rnnlab.models.rnnlm import RNNLM
+
+AWD = dict(dropout_embed=0.1, dropout_input=0.3, dropout_hidden=0.2, dropout_output=0.3, weight_drop=0.4, ar=2.0,
+           tar=1.0)
+
+
+def corpus():
+    text = shakespeare(30_000)
+    return Corpus("shakespeare-slice", text[:27_000], text[27_000:])
+
+
+def test_locked_dropout_uses_one_mask_for_every_time_step_and_is_off_in_eval():
+    x = torch.ones(4, 50, 32)
+    y = locked_dropout(x, 0.5, training=True)
+    assert torch.equal(y, y[:, :1].expand_as(y))                  # the same mask at each of the 50 steps
+    assert set(y.unique().tolist()) == {0.0, 2.0}                 # dropped, or scaled by 1 / (1 - p)
+    assert not torch.equal(y[0], y[1])                            # but one mask per sequence
+    assert torch.equal(locked_dropout(x, 0.5, training=False), x)
+
+
+def test_embedding_dropout_drops_a_word_everywhere_it_occurs():
+    torch.manual_seed(0)
+    table = nn.Embedding(10, 8)
+    idx = torch.tensor([[1, 2, 1, 3, 2, 1] * 5])
+    out = embedding_dropout(table, idx, 0.5, training=True)[0]
+    for word in (1, 2, 3):
+        rows = out[idx[0] == word]
+        # every occurrence alike: all zero, or all the word's vector scaled by 1 / (1 - p)
+        assert torch.equal(rows, torch.zeros_like(rows)) or torch.allclose(rows, 2 * table.weight[word].expand_as(rows))
+    assert torch.equal(embedding_dropout(table, idx, 0.5, training=False), table(idx))
+
+
+@pytest.mark.parametrize("module", [RegularizedLSTM, RegularizedGRU])
+def test_weight_drop_masks_weight_hh_once_per_forward_in_torchs_fused_kernel(module, monkeypatch):
+    torch.manual_seed(0)
+    rnn = module(6, 8, num_layers=2, batch_first=True).regularize(dropout_hidden=0.25, weight_drop=0.5)
+    x = torch.randn(3, 20, 6)
+    plain = (nn.LSTM if module is RegularizedLSTM else nn.GRU)(6, 8, num_layers=2, batch_first=True)
+    plain.load_state_dict(rnn.state_dict())                           # the same parameters, by the same names
+    rnn.eval()
+    assert torch.equal(rnn(x)[0], plain(x)[0])                        # eval: exactly torch's module
+
+    # training: the reference draws the same masks in the same order, then calls plain one-layer modules
+    rnn.train()
+    torch.manual_seed(1)
+    out, _ = rnn(x)
+    layers = [type(plain)(6 if k == 0 else 8, 8, batch_first=True) for k in range(2)]
+    torch.manual_seed(1)
+    ref = x
+    for k, layer in enumerate(layers):
+        with torch.no_grad():
+            for name in ("weight_ih", "bias_ih", "bias_hh"):
+                getattr(layer, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{k}"))
+            layer.weight_hh_l0.copy_(F.dropout(getattr(rnn, f"weight_hh_l{k}"), 0.5, training=True))
+        ref, _ = layer(ref)
+        if k == 0:
+            ref = locked_dropout(ref, 0.25, True)
+    assert torch.allclose(out, ref, atol=1e-6)
+
+    # one call of torch's recurrent op per layer and forward: not a loop over the 20 time steps
+    import torch.nn.modules.rnn as torch_rnn
+    name = "lstm" if module is RegularizedLSTM else "gru"
+    calls = []
+    real = getattr(torch_rnn._VF, name)
+    monkeypatch.setattr(torch_rnn._VF, name, lambda *a, **k: calls.append(1) or real(*a, **k), raising=False)
+    rnn(x)
+    assert len(calls) == 2
+
+    # the gradient reaches the real weights, and not through the dropped entries
+    rnn.zero_grad()
+    torch.manual_seed(2)
+    rnn(x)[0].sum().backward()
+    torch.manual_seed(2)
+    mask = F.dropout(torch.ones_like(rnn.weight_hh_l0), 0.5, training=True) == 0
+    assert rnn.weight_hh_l0.grad.abs().sum() > 0 and rnn.weight_hh_l0.grad[mask].abs().max() == 0
+
+
+def test_ar_and_tar_penalise_size_and_change_and_only_in_training():
+    raw = torch.tensor([[[1.0], [3.0], [6.0]]])                       # (1, 3, 1)
+    assert activation_penalty(raw, raw, 2.0, 0.0).item() == pytest.approx(2.0 * (1 + 9 + 36) / 3)
+    assert activation_penalty(raw, raw, 0.0, 1.0).item() == pytest.approx((4 + 9) / 2)
+    assert activation_penalty(raw, raw, 0.0, 0.0) is None
+    net = RNNLM(ModelConfig(20, hidden=8, embed_dim=8, layers=2, **AWD))
+    idx = torch.randint(20, (2, 7))
+    net.train()
+    net(idx, targets=idx)
+    assert net.activation_penalty is not None and net.activation_penalty.item() > 0
+    net.eval()
+    net(idx, targets=idx)
+    assert net.activation_penalty is None
+
+
+def test_the_trainer_trains_on_ar_but_reports_the_cross_entropy(tmp_path):
+    options = dict(TINY, **QUIET, max_steps=1, log_every=1, seed=3)
+    plain = rnnlab.train(corpus(), tmp_path / "a", **options)
+    penalised = rnnlab.train(corpus(), tmp_path / "b", ar=50.0, **options)
+    # the first step's logged loss is the same cross-entropy (computed before the update) ...
+    assert train_losses(tmp_path / "a")[1] == pytest.approx(train_losses(tmp_path / "b")[1], abs=1e-6)
+    # ... but the update followed the penalty too
+    a, b = plain.net.state_dict(), penalised.net.state_dict()
+    assert not torch.allclose(a["decoder.weight"], b["decoder.weight"])
+
+
+def test_all_of_them_train_resume_exactly_and_generate(tmp_path):
+    options = dict(TINY, **QUIET, **AWD, layers=2, log_every=1, save_every=5, eval_every=9, schedule="constant")
+    lm = rnnlab.train(corpus(), tmp_path / "full", max_steps=20, **options)
+    rnnlab.train(corpus(), tmp_path / "part", max_steps=8, **options)
+    rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=20, progress=False, log=lambda m: None)
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
+    assert [part[s] for s in range(1, 21)] == pytest.approx([full[s] for s in range(1, 21)], abs=1e-6)
+    assert full[20] < full[1]
+    assert lm.generate("the ", length=30, seed=1) == rnnlab.load(tmp_path / "full").generate("the ", length=30, seed=1)
+
+
+def test_they_compose_with_bf16_and_the_adaptive_softmax(tmp_path):
+    text = " ".join(shakespeare(60_000).split())
+    lm = rnnlab.train(Corpus("words", text[:54_000], text[54_000:]), tmp_path / "m", level="word", max_vocab=600,
+                      softmax="adaptive", cutoffs=(100, 300), precision="bf16", max_steps=6, **AWD,
+                      **{**TINY, "layers": 2}, **QUIET)
+    assert lm.config["results"]["valid"]["loss"] < 10
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(dropout_hidden=0.2, layers=1), "needs --layers 2 or more"),
+    (dict(weight_drop=0.5, cell="mingru"), "--weight-drop needs one of the cells"),
+    (dict(ar=1.0, impl="explicit"), "--ar needs one of the cells"),
+    (dict(dropout_embed=0.1, input="onehot"), "needs --input learned"),
+    (dict(dropout_output=1.0), r"--dropout-output must be in \[0, 1\)"),
+    (dict(tar=-1.0), "--tar must be a number >= 0"),
+])
+def test_settings_that_cannot_work_are_refused(options, message):
+    with pytest.raises(RnnlabError, match=message):
+        ModelConfig(50, **options)
