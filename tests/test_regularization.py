@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rnnlab
-from conftest import QUIET, TINY, shakespeare, train_losses
+from conftest import QUIET, TINY, metrics, shakespeare, train_losses
 from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.models.config import ModelConfig
@@ -146,3 +146,42 @@ def test_they_compose_with_bf16_and_the_adaptive_softmax(tmp_path):
 def test_settings_that_cannot_work_are_refused(options, message):
     with pytest.raises(RnnlabError, match=message):
         ModelConfig(50, **options)
+
+
+def test_variable_bptt_windows_cover_the_data_once_and_differ_by_epoch():
+    from rnnlab.data.batching import variable_length, windows
+    data = torch.arange(4 * 1001).view(4, 1001)
+    cuts = {}
+    for epoch in (0, 1):
+        spans = [(column, x.size(1)) for column, x, y in windows(data, 40, length_at=variable_length(40, 7, epoch))]
+        assert [c for c, _ in spans] == [0] + [c + n for c, n in spans[:-1]]   # contiguous, in order
+        assert spans[-1][0] + spans[-1][1] == 1000                            # to the last target
+        assert min(n for _, n in spans[:-1]) >= 5 and len({n for _, n in spans}) > 3
+        cuts[epoch] = spans
+    assert cuts[0] != cuts[1]
+    assert cuts[0] == [(c, x.size(1)) for c, x, _ in windows(data, 40, length_at=variable_length(40, 7, 0))]
+
+
+@pytest.mark.numeric  # the validation loss must improve to the last of 3 validations (lr 1e-2, 18 steps)
+def test_ema_validates_and_saves_the_average_and_resumes_exactly(tmp_path):
+    options = dict(TINY, **QUIET, ema=0.9, variable_bptt=True, dropout_input=0.2, log_every=1, save_every=5,
+                   eval_every=6, schedule="constant", lr=1e-2)
+    lm = rnnlab.train(corpus(), tmp_path / "full", max_steps=18, **options)
+    rnnlab.train(corpus(), tmp_path / "part", max_steps=8, **options)
+    rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=18, progress=False, log=lambda m: None)
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
+    assert [part[s] for s in range(1, 19)] == pytest.approx([full[s] for s in range(1, 19)], abs=1e-6)
+    # the saved model is the average: it differs from the last weights (in last/), and it scores what was logged
+    from rnnlab.models import checkpoint
+    from safetensors.torch import load_file
+    saved = load_file(tmp_path / "full" / "model.safetensors")
+    last = load_file(tmp_path / "full" / checkpoint.LAST / "model.safetensors")
+    assert not torch.allclose(saved["decoder.weight"], last["decoder.weight"])
+    state = torch.load(tmp_path / "full" / checkpoint.LAST / "training_state.pt", weights_only=True)
+    assert state["last_valid_step"] == 18 and state["best_valid"] == min(
+            r["valid_loss"] for r in metrics(tmp_path / "full") if "valid_loss" in r)  # improving to the end
+    assert torch.equal(saved["decoder.weight"], state["ema"]["module.decoder.weight"])  # the best: the last average
+    from rnnlab.inference.metrics import stream_sums
+    best = min(r["valid_loss"] for r in metrics(tmp_path / "full") if "valid_loss" in r)
+    total, count = stream_sums(lm.net, lm.tokenizer.encode(corpus().valid), batch_size=16, device=torch.device("cpu"))
+    assert total / count == pytest.approx(best, abs=1e-5)

@@ -16,7 +16,8 @@ holds at most `bptt` inputs. Tokens that do not fill a whole row are dropped (< 
 
 from __future__ import annotations
 
-from typing import Iterator
+import random
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,8 +40,25 @@ def window(data: torch.Tensor, start: int, bptt: int) -> tuple[torch.Tensor, tor
     return data[:, start:start + length], data[:, start + 1:start + 1 + length]
 
 
-def windows(data: torch.Tensor, bptt: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield (column, inputs, targets) for every window from column `start` to the end."""
-    for column in range(start, data.size(1) - 1, bptt):
-        x, y = window(data, column, bptt)
+def windows(data: torch.Tensor, bptt: int, start: int = 0,
+            length_at: Callable[[int], int] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (column, inputs, targets) for every window from column `start` to the end; each `bptt` long,
+    or `length_at(column)` long when given (variable BPTT)."""
+    column = start
+    while column < data.size(1) - 1:
+        length = bptt if length_at is None else length_at(column)
+        x, y = window(data, column, length)
         yield column, x, y
+        column += length
+
+
+def variable_length(bptt: int, seed: int, epoch: int) -> Callable[[int], int]:
+    """AWD-LSTM's variable BPTT (Merity et al. 2017): a window is `bptt` long with probability 0.95, else
+    half that, then jittered by N(0, 5) and at least 5, so that the windows do not start at the same
+    columns in every epoch. The length is a function of (seed, epoch, column): a resumed run cuts the
+    same windows, and every DDP rank the same ones."""
+    def length_at(column: int) -> int:
+        rng = random.Random(f"{seed}/{epoch}/{column}")
+        mean = bptt if rng.random() < 0.95 else bptt / 2
+        return max(5, int(rng.gauss(mean, 5)))
+    return length_at

@@ -47,6 +47,11 @@ class TrainConfig:
                                     metavar="N")
     sample_every: int | None = option(None, "steps between printed samples", metavar="N")
     log_every: int = option(50, "steps between metrics.jsonl lines", metavar="N")
+    variable_bptt: bool = option(False, "vary each window's length around --bptt (one window in twenty around "
+                                 "half of it, jittered by N(0, 5)), the lr scaled with it (AWD-LSTM)")
+    ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
+                               "0.999); validation, the saved model and generation use the average (Polyak "
+                               "averaging; AWD-LSTM averages with NT-ASGD)", metavar="DECAY")
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
                             "fp32)", metavar="NAME")
@@ -76,6 +81,8 @@ class TrainConfig:
         for name in ("warmup", "decay_start"):
             if getattr(self, name) < 0:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise RnnlabError(f"--ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if self.clip is not None and not self.clip > 0:
             raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
         if self.time_budget is not None and not 0 < self.time_budget < math.inf:

@@ -10,6 +10,7 @@ step boundary, after a save.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rnnlab.data.batching import batchify, num_windows, windows
+from rnnlab.data.batching import batchify, num_windows, variable_length, windows
 from rnnlab.errors import RnnlabError
 from rnnlab.files import FILE_MODE, reported_write_errors
 from rnnlab.inference.lm import LanguageModel
@@ -139,6 +140,12 @@ class Trainer:
             self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Polyak averaging: an exponential moving average of the weights (torch's AveragedModel), updated
+        # after every step; validation, the saved model and samples use it (`averaged_weights`)
+        self.ema = None
+        if cfg.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(lm.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         # the loop's whole state: with the weights, optimiser and RNG it is all a resume needs
         self.step = 0
         self.epoch = 0
@@ -169,6 +176,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
             "rng_per_rank": distributed.gather_bytes(torch.get_rng_state(), self.world),
             "world_size": self.world.size, "train_config": asdict(self.cfg),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -181,6 +189,10 @@ class Trainer:
         hidden = [h[:, self.rows].to(self.device) for h in state["hidden"]]   # this rank's streams
         self.hidden = tuple(hidden) if state["hidden_is_pair"] else (hidden[0] if hidden else None)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise RnnlabError("the checkpoint was trained without --ema; resume without it, or start a new run")
+            self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         saved_world = state.get("world_size", 1)
         if saved_world == self.world.size:
@@ -230,7 +242,7 @@ class Trainer:
         return bool(self.stop_reason)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        lr = self.lr = self.current_lr()
+        lr = self.lr = self.current_lr() * (x.size(1) / self.cfg.bptt if self.cfg.variable_bptt else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
@@ -258,11 +270,35 @@ class Trainer:
             self.hidden = None
         else:
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.lm.net)
             self.hidden = hidden
         self.step += 1
         return loss_value, grad_value
 
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """The network holds the averaged weights (--ema) inside the block, its own afterwards."""
+        if self.ema is None:
+            yield
+            return
+        net = self.lm.net
+        own = [p.detach().clone() for p in net.parameters()]
+        with torch.no_grad():
+            for p, average in zip(net.parameters(), self.ema.module.parameters()):
+                p.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, kept in zip(net.parameters(), own):
+                    p.copy_(kept)
+
     def validate(self) -> float | None:
+        with self.averaged_weights():
+            return self._validate()
+
+    def _validate(self) -> float | None:
         if self.valid_ids is None:
             self.save_best()  # nothing to choose the best by: the model directory holds the latest model
             return None
@@ -319,8 +355,9 @@ class Trainer:
     def sample(self) -> None:
         if not self.world.is_main:
             return
-        text = self.lm.generate(length=200 if self.lm.tokenizer.kind == "char" else 50,
-                                temperature=0.8, seed=self.step)
+        with self.averaged_weights():
+            text = self.lm.generate(length=200 if self.lm.tokenizer.kind == "char" else 50,
+                                    temperature=0.8, seed=self.step)
         self.log(f"--- sample at step {self.step} ---\n{text}\n---")
 
     def run(self) -> None:
@@ -344,9 +381,10 @@ class Trainer:
         with bar, _StopSignals() as stop:
             tick, stopping = time.perf_counter(), False
             while not self.done():
-                for column, x, y in windows(self.train_data, cfg.bptt, start=self.column):
+                length_at = variable_length(cfg.bptt, cfg.seed, self.epoch) if cfg.variable_bptt else None
+                for column, x, y in windows(self.train_data, cfg.bptt, start=self.column, length_at=length_at):
                     loss, grad_norm = self.train_step(x, y)
-                    self.column = column + cfg.bptt
+                    self.column = column + x.size(1)
                     now = time.perf_counter()
                     dt, tick, stopping = now - tick, now, stop.requested is not None
                     if self.world.active:
