@@ -25,9 +25,10 @@ from rnnlab.data.tokenizers import CharTokenizer, WordTokenizer
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.loading import load
+from rnnlab.models.config import REGULARIZERS
 from rnnlab.models.rnnlm import RNNLM
 
-RECIPE = {"dropout"}                                   # model fields a fine-tuning run may set anew
+RECIPE = {"dropout", *REGULARIZERS}                    # model fields a fine-tuning run may set anew
 TOKENIZER_FIELDS = ("level", "lowercase")              # data fields that must match the parent's
 
 
