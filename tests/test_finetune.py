@@ -63,7 +63,7 @@ def test_a_word_model_keeps_its_vocabulary_or_adds_the_most_frequent_new_words(t
     grown = cli("train", tmp_path / "new.txt", "--init-from", tmp_path / "parent", "--out", tmp_path / "g",
                 *tiny_args(), "--max-steps", "1", "--extend-vocab", "2")
     assert grown.returncode == 0, grown.stderr
-    assert rnnlab.load(tmp_path / "g").tokenizer.vocab == parent.tokenizer.vocab + ["zebra", "a"]
+    assert rnnlab.load(tmp_path / "g").tokenizer.vocab == parent.tokenizer.vocab + ["\u2581zebra", "\u2581a"]
     assert "covers 50.0% of the new training tokens; 2 added" in grown.stderr   # counted before the additions
 
 

@@ -17,9 +17,11 @@ def char_lm(text="abcdefgh \n"):
     return LanguageModel(RNNLM(ModelConfig(vocab_size=tok.vocab_size, hidden=16, embed_dim=8)), tok, {})
 
 
-def word_lm():
+def word_lm(split="words"):
+    """An untrained word model; by default with the spacing of models before exact spacing (a space
+    between words, whatever the model picks), so that its output can be counted in words."""
     torch.manual_seed(0)
-    tok = WordTokenizer.fit("the cat sat on the mat , and the dog ran .\n")
+    tok = WordTokenizer.fit("the cat sat on the mat , and the dog ran .\n", split=split)
     return LanguageModel(RNNLM(ModelConfig(vocab_size=tok.vocab_size, hidden=16, embed_dim=8)), tok, {})
 
 
@@ -83,6 +85,9 @@ def test_no_prompt_starts_from_a_random_vocabulary_word():
     lm = word_lm()
     starts = {lm.generate(length=0, seed=s) for s in range(30)}
     assert len(starts) > 3 and starts <= set(lm.tokenizer.vocab[2:])
+    lm = word_lm("exact")  # a word drawn with its space mark starts the text without the space
+    starts = {lm.generate(length=0, seed=s) for s in range(30)}
+    assert len(starts) > 3 and starts <= {w.lstrip("\u2581") for w in lm.tokenizer.vocab[2:]} - {"<unk>"}
 
 
 def test_overlong_prompt_is_truncated_with_a_warning():

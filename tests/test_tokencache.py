@@ -95,9 +95,14 @@ def test_blocks_cover_the_text_and_cut_only_after_newlines(text, size):
 @settings(max_examples=50, deadline=None)
 @given(st.text(alphabet="ab c,\n\r\u2028é", max_size=400))
 def test_streamed_encoding_equals_encoding_the_text_line_by_line(text):
-    word = WordTokenizer.fit(text)
+    word = WordTokenizer.fit(text, split="words")   # lines as str.splitlines cuts them, each ending in <eos>
     expected = [t for line in text.splitlines() for t in (*word.words(line), "<eos>")]
     assert [word.vocab[i] for i in word.encode(text)] == expected
+    exact = WordTokenizer.fit(text)                  # only "\n" ends a line; <eos> between lines
+    lines = text.split("\n")
+    expected = [t for i, line in enumerate(lines) for t in ((*exact.words(line), "<eos>") if i < len(lines) - 1
+                                                             else exact.words(line))]
+    assert [exact.vocab[i] for i in exact.encode(text)] == expected
     char = CharTokenizer.fit(text)
     assert char.decode(char.encode(text)) == text
 

@@ -26,7 +26,7 @@ from rnnlab.data.corpus import Corpus, cache_dir
 from rnnlab.files import replace_dir, staging_dir
 from rnnlab.data.tokenizers import tokenizer_from_dict
 
-FORMAT = 1  # bump when tokenisation itself changes, so old entries are not reused
+FORMAT = 2  # bump when tokenisation itself changes, so old entries are not reused (2: exact word spacing)
 SPLITS = ("train", "valid", "test")
 
 

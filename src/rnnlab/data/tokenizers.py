@@ -5,7 +5,9 @@ Three levels:
   training split never showed.
 - `WordTokenizer`: words and punctuation as tokens (or whitespace-split words for corpora that
   come tokenised, such as PTB); a capped vocabulary, `<unk>` for the rest, `<eos>` at every line
-  end (the PTB convention of Mikolov and Zaremba).
+  end (the PTB convention of Mikolov and Zaremba). On raw text (split "exact") a token keeps the
+  space before it, as sentencepiece does (`▁the` is " the"), and any other whitespace is tokens of
+  its own, so `decode(encode(text)) == text` whenever every token is in the vocabulary.
 - `BPETokenizer`: byte-level byte-pair encoding (Sennrich et al. 2016; GPT-2's byte level), trained
   with Hugging Face `tokenizers`: any text in, the same text out, no `<unk>`.
 
@@ -77,6 +79,11 @@ class CharTokenizer:
     def unknown(self, text: str) -> list[str]:
         return sorted({c for c in text if c not in self.index})
 
+    @property
+    def unknown_ids(self) -> tuple[int, ...]:
+        """The ids that stand for text outside the vocabulary."""
+        return (self.unk_id,)
+
     def detokenizer(self) -> "Detokenizer":
         return Detokenizer(self)
 
@@ -92,6 +99,11 @@ class CharTokenizer:
 
 # words with inner apostrophes stay whole ("don't", "Baptista's"); any other symbol is its own token
 _WORD_RE = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
+# split "exact": the whitespace before each word or symbol, then it
+_PIECE_RE = re.compile(r"(\s*)(\w+(?:['\u2019]\w+)*|[^\w\s])")
+SPACE = "\u2581"          # "▁": a token that begins with it stands for a space and the rest (sentencepiece's mark)
+SPACED_UNK = SPACE + UNK  # an unknown word after a space: decoding keeps the space
+SPLITS = ("exact", "words", "whitespace")
 _NO_SPACE_BEFORE = set(".,;:!?)]}%") | {"'s", "n't", "'re", "'ve", "'ll", "'d", "'m", "..."}
 _NO_SPACE_AFTER = set("([{$#")
 
@@ -100,13 +112,16 @@ class WordTokenizer:
     kind = "word"
 
     def __init__(self, vocab: list[str], *, lowercase: bool = False, split: str = "words"):
+        """`split`: "exact" (raw text, spacing kept: rnnlab's default since tokenizer format 2), "words"
+        (raw text, spacing guessed when decoding: the models before it), "whitespace" (tokenised corpora)."""
         if vocab[:2] != [UNK, EOS]:
             raise RnnlabError("a word vocabulary starts with <unk>, <eos>")
-        if split not in ("words", "whitespace"):
-            raise RnnlabError(f"unknown split {split!r}; the word splits are words and whitespace")
+        if split not in SPLITS:
+            raise RnnlabError(f"unknown split {split!r}; the word splits are {', '.join(SPLITS)}")
         self.vocab = vocab
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.unk_id, self.eos_id = 0, 1
+        self.spaced_unk_id = self.index.get(SPACED_UNK, self.unk_id)
         self.doc_id = self.index.get(EOD)
         self.lowercase = lowercase
         self.split = split
@@ -114,6 +129,8 @@ class WordTokenizer:
     def words(self, line: str) -> list[str]:
         if self.lowercase:
             line = line.lower()
+        if self.split == "exact":
+            return list(_exact_pieces(line))
         return line.split() if self.split == "whitespace" else _WORD_RE.findall(line)
 
     def tokens(self, text: str) -> Iterable[str]:
@@ -124,13 +141,19 @@ class WordTokenizer:
             for i, part in enumerate(block.split(END_OF_DOCUMENT)):
                 if i:
                     yield EOD
+                if self.split == "exact":  # only "\n" ends a line; a last line without one gets no <eos>
+                    for j, line in enumerate(part.split("\n")):
+                        if j:
+                            yield EOS
+                        yield from self.words(line)
+                    continue
                 for line in part.splitlines():
                     yield from self.words(line)
                     yield EOS
 
     @classmethod
     def fit(cls, text: str, *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
-            split: str = "words") -> WordTokenizer:
+            split: str = "exact") -> WordTokenizer:
         """Keep the `max_vocab` most frequent tokens (specials included) seen at least `min_freq` times."""
         if max_vocab < 3:
             raise RnnlabError(f"--max-vocab must be at least 3 (<unk>, <eos> and one word), got {max_vocab}")
@@ -139,19 +162,28 @@ class WordTokenizer:
         counts.pop(UNK, None)
         counts.pop(EOS, None)
         documents = [EOD] if counts.pop(EOD, 0) else []  # kept whatever its count: it marks the documents
+        specials = [*documents, SPACED_UNK] if split == "exact" else documents
         kept = sorted((tok for tok, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-        return cls([UNK, EOS, *documents, *kept[: max_vocab - 2 - len(documents)]], lowercase=lowercase, split=split)
+        return cls([UNK, EOS, *specials, *kept[: max_vocab - 2 - len(specials)]], lowercase=lowercase, split=split)
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        get, unk = self.index.get, self.unk_id
-        return np.fromiter((get(tok, unk) for tok in self.tokens(text)), dtype=np.int64)  # tokens() streams
+        get, unk, spaced = self.index.get, self.unk_id, self.spaced_unk_id
+        return np.fromiter((get(tok, spaced if tok[0] == SPACE and len(tok) > 1 else unk)
+                            for tok in self.tokens(text)), dtype=np.int64)  # tokens() streams
 
     def unknown(self, text: str) -> list[str]:
-        return sorted({tok for tok in self.tokens(text) if tok not in self.index})
+        """The words of `text` that would read as <unk> (without their space mark)."""
+        return sorted({tok[1:] if tok[0] == SPACE and len(tok) > 1 else tok
+                       for tok in self.tokens(text) if tok not in self.index})
+
+    @property
+    def unknown_ids(self) -> tuple[int, ...]:
+        """The ids that stand for words outside the vocabulary: <unk>, and ▁<unk> after a space."""
+        return tuple(sorted({self.unk_id, self.spaced_unk_id}))
 
     def detokenizer(self) -> "Detokenizer":
         return Detokenizer(self)
@@ -162,6 +194,15 @@ class WordTokenizer:
 
     def piece(self, token_id: int) -> str:
         return self.vocab[token_id]
+
+    def text_of(self, token_id: int) -> str:
+        """split "exact": the text a token stands for ("▁the" -> " the", <eos> -> a newline)."""
+        if token_id == self.eos_id:
+            return "\n"
+        if token_id == self.doc_id:
+            return END_OF_DOCUMENT
+        piece = self.vocab[token_id]
+        return " " + piece[1:] if piece[0] == SPACE and len(piece) > 1 else piece
 
     def to_dict(self) -> dict:
         return {"type": "word", "vocab": self.vocab, "lowercase": self.lowercase, "split": self.split}
@@ -207,6 +248,8 @@ class BPETokenizer:
     def unknown(self, text: str) -> list[str]:
         return []  # bytes cover everything
 
+    unknown_ids: tuple[int, ...] = ()
+
     def detokenizer(self) -> "Detokenizer":
         return Detokenizer(self)
 
@@ -228,6 +271,22 @@ def blocks(text: str, size: int = 1 << 20) -> Iterator[str]:
         end = len(text) if end == -1 else end + 1
         yield text[start:end]
         start = end
+
+
+def _exact_pieces(line: str) -> Iterator[str]:
+    """The tokens of one line (no newline in it), spacing kept: each word or symbol, with a single space
+    before it folded in as "▁"; every other whitespace character a token of its own."""
+    end = 0
+    for match in _PIECE_RE.finditer(line):
+        space, word = match.groups()
+        if space.endswith(" "):
+            yield from space[:-1]
+            yield SPACE + word
+        else:
+            yield from space
+            yield word
+        end = match.end()
+    yield from line[end:]  # whitespace at the end of the line
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -259,6 +318,10 @@ class Detokenizer:
         piece = self.tokenizer.piece(int(token_id))
         if self.tokenizer.kind == "char":
             return piece
+        if self.tokenizer.split == "exact":  # the spacing is in the tokens
+            text = self.tokenizer.text_of(int(token_id))
+            self.line_start = text == "\n"
+            return text
         if token_id == self.tokenizer.eos_id:
             self.line_start, self.glue_next, self.quote_open = True, False, False
             return "\n"
@@ -286,7 +349,7 @@ def build_tokenizer(level: str, train_text: str, *, max_vocab: int = 20_000, min
         return CharTokenizer.fit(train_text)
     if level == "word":
         return WordTokenizer.fit(train_text, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase,
-                                 split="whitespace" if pretokenized else "words")
+                                 split="whitespace" if pretokenized else "exact")
     raise RnnlabError(f"unknown level {level!r}; choose char, word or bpe")
 
 

@@ -126,7 +126,9 @@ class TextModel:
                                   "end-of-document marker)")
             ids = [document, *ids]
         elif not ids:
-            choices = [i for i, tok in enumerate(self.tokenizer.vocab) if tok not in (UNK, EOS, EOD, END_OF_DOCUMENT)]
+            unknown = getattr(self.tokenizer, "unknown_ids", ())
+            choices = [i for i, tok in enumerate(self.tokenizer.vocab)
+                       if tok not in (UNK, EOS, EOD, END_OF_DOCUMENT) and i not in unknown]
             ids = [choices[int(torch.randint(len(choices), (1,), generator=generator))]]
             return ids, detok(ids[0]).lstrip(" ")
         for i in ids:

@@ -106,8 +106,7 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     tokenizer, ids, cached = tokenise(corpus, run.data, tokenizer, log)
     if parent is not None:
         train_ids = ids["train"]  # tokens the model already knew: below its vocabulary size, and not <unk>
-        known = (train_ids < parent.tokenizer.vocab_size) & (train_ids != (tokenizer.unk_id if tokenizer.unk_id
-                                                                         is not None else -1))
+        known = (train_ids < parent.tokenizer.vocab_size) & ~np.isin(train_ids, tokenizer.unknown_ids)
         log(f"fine-tuning {parent.path} ({(parent.config.get('corpus') or {}).get('name')}, "
             f"{parent.config.get('steps')} steps): its vocabulary covers {100 * float(np.mean(known)):.1f}% of the "
             f"new training tokens" + (f"; {len(added)} added" if added else ""))
@@ -184,7 +183,7 @@ def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
     tokenizer, ids, cached = tokencache.encode_corpus(
         corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings), tokenizer=tokenizer,
         cache=data.cache, log=log)
-    unknown = float(np.mean(ids["train"] == tokenizer.unk_id)) if tokenizer.unk_id is not None else 0.0
+    unknown = float(np.mean(np.isin(ids["train"], tokenizer.unknown_ids)))
     if unknown > 0.5:
         vocab = data.vocab_settings(level)
         warnings.warn(f"{unknown:.0%} of the training tokens are <unk> (vocabulary {tokenizer.vocab_size:,}: --max-vocab "
