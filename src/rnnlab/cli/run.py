@@ -66,6 +66,15 @@ def evaluate_parser(sub) -> None:
                    help="which split (default: the whole of CORPUS when one is given; valid of the model's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    dynamic = p.add_argument_group("dynamic evaluation (Krause et al. 2017): the model adapts by SGD on the text "
+                                   "as it reads it; reported apart from the static score")
+    dynamic.add_argument("--dynamic", action="store_true", help="score by dynamic evaluation")
+    dynamic.add_argument("--dynamic-lr", type=float, default=1.0, metavar="X",
+                         help="SGD step on each segment's mean loss (default 1.0; choose it on the valid split)")
+    dynamic.add_argument("--dynamic-decay", type=float, default=0.0, metavar="X",
+                         help="pull towards the trained weights after each step, in [0, 1) (default 0)")
+    dynamic.add_argument("--dynamic-segment", type=int, default=50, metavar="N",
+                         help="tokens scored before each update (default 50)")
     add_config_flags(p.add_argument_group("corpus"), DataConfig, only=CORPUS_FLAGS)
     p.set_defaults(run=evaluate_command)
 
@@ -75,7 +84,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from rnnlab.inference.loading import load
     lm = load(args.model, device=args.device)
     options = given(args, DataConfig, only=CORPUS_FLAGS)
-    result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, **options)
+    dynamic = (dict(lr=args.dynamic_lr, decay=args.dynamic_decay, segment=args.dynamic_segment)
+               if args.dynamic else None)
+    result = evaluate(lm, args.corpus or None, split=args.split, progress=not args.json, dynamic=dynamic, **options)
+    if dynamic is not None:
+        result = {"dynamic": {**result, **dynamic}}  # never to be read as the static score
     if args.json:
         print(json.dumps(result))
         return 0
@@ -83,6 +96,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     which = scored_split(args.corpus or None, args.split, options)
     what = ", ".join(args.corpus) if args.corpus else "the model's corpus"
     print(f"text:             {f'{which} split of ' if which else 'all of '}{what}")
+    if dynamic is not None:
+        print(f"dynamic evaluation (the model adapting as it reads: not a static score): lr {dynamic['lr']:g}, "
+              f"decay {dynamic['decay']:g}, segments of {dynamic['segment']} tokens")
+        result = result["dynamic"]
     print_metrics(result, unit, "tokens:          ")
     return 0
 

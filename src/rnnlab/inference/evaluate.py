@@ -13,29 +13,34 @@ from rnnlab.models import checkpoint
 
 
 def evaluate(model, corpus=None, *, split: str | None = None, text: str | None = None, progress: bool = True,
-             **corpus_options) -> dict:
+             dynamic: dict | None = None, **corpus_options) -> dict:
     """Evaluate a model (a loaded model or a model directory) on text read as one stream.
 
     The text is `text` if given; else the whole of `corpus` (files or folders: a held-out file is
     scored entire) or, with `split`, that split of it (named corpora and --valid/--test files have
     their own splits, and valid is their default); else `split` (default valid) of the corpus the
-    model was trained on, as config.json records it, after checking it is still that text.
+    model was trained on, as config.json records it, after checking it is still that text. With
+    `dynamic` ({"lr", "decay", "segment"}), the score is dynamic evaluation's (inference/dynamic.py).
     """
     lm = model if isinstance(model, TextModel) else load(model)
+    if dynamic is not None:
+        from rnnlab.inference.dynamic import check_settings
+        check_settings(**dynamic)  # before reading any corpus
     if text is not None:
-        return lm.evaluate(text)
+        return lm.evaluate(text, dynamic=dynamic)
     if split is not None and split not in ("train", "valid", "test"):
         raise RnnlabError(f"unknown split {split!r}; choose train, valid or test")
     options = {k: v for k, v in corpus_options.items() if v is not None}
     which = scored_split(corpus, split, options)
     if corpus is None:
-        return _evaluate_own_corpus(lm, which, progress)
+        return _evaluate_own_corpus(lm, which, progress, dynamic)
     if which is None:
         sources = [corpus] if isinstance(corpus, str) else list(corpus)
-        return lm.evaluate(read_sources(sources, options.get("glob", "*.txt"), options.get("encoding", "utf-8")))
+        return lm.evaluate(read_sources(sources, options.get("glob", "*.txt"), options.get("encoding", "utf-8")),
+                           dynamic=dynamic)
     if not isinstance(corpus, Corpus):
         corpus = load_corpus(corpus, progress=progress, **options)
-    return lm.evaluate(_split_text(corpus, which))
+    return lm.evaluate(_split_text(corpus, which), dynamic=dynamic)
 
 
 def scored_split(corpus, split: str | None, options: dict) -> str | None:
@@ -50,7 +55,7 @@ def scored_split(corpus, split: str | None, options: dict) -> str | None:
     return None
 
 
-def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
+def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool, dynamic: dict | None) -> dict:
     saved = checkpoint.recorded_corpus(lm.config, lm.path or Path("."))
     options = {k: saved[k] for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
                if saved.get(k) is not None}
@@ -60,7 +65,7 @@ def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool) -> dict:
         raise RnnlabError(f"the corpus at {', '.join(saved['sources'])} is not the text {lm.path or 'the model'} was "
                           f"trained on (it changed, or a relative path now points elsewhere); pass the corpus to "
                           f"evaluate on")
-    return lm.evaluate(_split_text(corpus, split))
+    return lm.evaluate(_split_text(corpus, split), dynamic=dynamic)
 
 
 def _split_text(corpus: Corpus, split: str) -> str:

@@ -149,9 +149,17 @@ class TextModel:
 
     # measuring -----------------------------------------------------------------------------------
 
-    def evaluate(self, text: str) -> dict:
-        """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream."""
-        return summarize(*self.stream_loss(self.tokenizer.encode(text)))
+    def evaluate(self, text: str, *, dynamic: dict | None = None) -> dict:
+        """loss, perplexity, bits_per_token and tokens on `text`, reading it as one stream. With `dynamic`
+        ({"lr", "decay", "segment"}), by dynamic evaluation instead: the model adapts as it reads
+        (inference/dynamic.py; an RNN only)."""
+        if dynamic is None:
+            return summarize(*self.stream_loss(self.tokenizer.encode(text)))
+        if not hasattr(self, "net"):
+            raise RnnlabError(f"dynamic evaluation adapts an RNN by gradient steps; a {self.model_type} baseline "
+                              f"has none")
+        from rnnlab.inference.dynamic import dynamic_stream_loss
+        return summarize(*dynamic_stream_loss(self.net, self.tokenizer.encode(text), device=self.device, **dynamic))
 
     def score(self, text: str) -> dict:
         """`evaluate`'s numbers plus each token's log-probability and surprisal, and each line's perplexity
