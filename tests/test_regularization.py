@@ -136,7 +136,6 @@ def test_they_compose_with_bf16_and_the_adaptive_softmax(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(dropout_hidden=0.2, layers=1), "needs --layers 2 or more"),
     (dict(weight_drop=0.5, cell="mingru"), "--weight-drop needs one of the cells"),
     (dict(ar=1.0, impl="explicit"), "--ar needs one of the cells"),
     (dict(dropout_embed=0.1, input="onehot"), "needs --input learned"),

@@ -237,3 +237,17 @@ def test_on_metrics_sees_every_record_of_the_curve_and_live_curves_draws_them(tm
     train_line, valid_line = figure.axes[0].get_lines()
     assert list(train_line.get_xdata()) == [r["step"] for r in seen if "train_loss" in r]
     assert list(valid_line.get_ydata()) == [r["valid_loss"] for r in seen if "valid_loss" in r]
+
+
+def test_a_word_run_given_no_recipe_starts_from_the_word_5min_one(tmp_path):
+    from rnnlab.training.presets import PRESETS
+    said = []
+    lm = rnnlab.train(corpus(), tmp_path / "a", level="word", max_steps=1, progress=False, log=said.append)
+    model, recipe = lm.config["model"], PRESETS["word-5min"]
+    assert any("starting from --preset word-5min" in line for line in said)
+    assert (model["hidden"], model["dropout_input"], lm.config["train"]["lr"]) == \
+        (recipe["hidden"], recipe["dropout_input"], recipe["lr"])
+    assert model["softmax"] == "full"                 # "auto": a vocabulary of a few thousand words or less
+    assert lm.config["train"]["max_steps"] == 1       # how long is the user's to say
+    plain = rnnlab.train(corpus(), tmp_path / "b", level="word", max_steps=1, hidden=32, **QUIET)
+    assert plain.config["model"]["hidden"] == 32 and plain.config["model"]["dropout_input"] == 0.0  # a recipe given

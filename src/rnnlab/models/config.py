@@ -13,7 +13,8 @@ from rnnlab.options import check_at_least_one, check_types, option, parse_int_li
 
 INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
-SOFTMAXES = ("full", "adaptive")
+SOFTMAXES = ("full", "adaptive", "auto")
+AUTO_ADAPTIVE = 4000  # softmax "auto": adaptive above this vocabulary size, full at or below it
 # AWD-LSTM's regularisers (models/regularization.py); the five rates first
 REGULARIZERS = ("dropout_embed", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop", "ar", "tar")
 
@@ -33,7 +34,8 @@ class ModelConfig:
                                   "Ghahramani 2016; AWD-LSTM: 0.1)", metavar="P")
     dropout_input: float = option(0.0, "locked (variational) dropout on the embedded input: one mask per sequence, "
                                   "the same at every step (Gal & Ghahramani 2016; AWD-LSTM: 0.65)", metavar="P")
-    dropout_hidden: float = option(0.0, "locked dropout between recurrent layers (AWD-LSTM: 0.3)", metavar="P")
+    dropout_hidden: float = option(0.0, "locked dropout between recurrent layers (none with one layer; AWD-LSTM: "
+                                   "0.3)", metavar="P")
     dropout_output: float = option(0.0, "locked dropout on the last layer's output, before the softmax (AWD-LSTM: "
                                    "0.4)", metavar="P")
     weight_drop: float = option(0.0, "DropConnect on the hidden-to-hidden weights, one mask per forward pass; the "
@@ -52,7 +54,7 @@ class ModelConfig:
     impl: str = option("torch", "torch: the fused nn.RNN/LSTM/GRU kernels; explicit: the equations of "
                        "models/cells.py (slow, for study)", metavar="IMPL")
     softmax: str = option("full", "full | adaptive (Grave et al. 2017): frequent words get the full width, rare "
-                          "ones less", metavar="KIND")
+                          f"ones less | auto: adaptive for vocabularies over {AUTO_ADAPTIVE:,}", metavar="KIND")
     cutoffs: tuple[int, ...] = option((), "adaptive softmax cluster boundaries, e.g. 2000,10000 (default: chosen "
                                       "from the vocabulary)", metavar="N,N", parse=parse_int_list)
 
@@ -77,8 +79,6 @@ class ModelConfig:
         if used and (self.impl != "torch" or self.cell not in CLASSIC):
             raise RnnlabError(f"--{used[0].replace('_', '-')} needs one of the cells {', '.join(CLASSIC)} with --impl "
                               f"torch (the fused kernels)")
-        if self.dropout_hidden and self.layers < 2:
-            raise RnnlabError("--dropout-hidden drops between recurrent layers: it needs --layers 2 or more")
         if self.dropout_embed and self.input != "learned":
             raise RnnlabError("--dropout-embed drops rows of a learned embedding: it needs --input learned")
         if self.init_range is not None and not 0 < self.init_range < math.inf:
@@ -90,7 +90,9 @@ class ModelConfig:
         if self.embed_init not in ("normal", "uniform"):
             raise RnnlabError(f"unknown embedding init {self.embed_init!r}; choose normal or uniform")
         if self.softmax not in SOFTMAXES:
-            raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full or adaptive")
+            raise RnnlabError(f"unknown softmax {self.softmax!r}; choose full, adaptive or auto")
+        if self.softmax == "auto":  # resolved here, once the vocabulary is known; config.json keeps the result
+            self.softmax = "adaptive" if self.vocab_size > AUTO_ADAPTIVE and not self.tie_weights else "full"
         if self.softmax == "adaptive":
             if self.tie_weights:
                 raise RnnlabError("--softmax adaptive cannot be combined with --tie-weights")

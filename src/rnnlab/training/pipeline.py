@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from rnnlab.training import distributed, finetune
 from rnnlab.training.card import model_card, score_splits
 from rnnlab.training.config import (BaselineConfig, DataConfig, EmbeddingConfig, TrainConfig, field_names,
                                     split_options)
-from rnnlab.training.presets import apply_preset
+from rnnlab.training.presets import WORD_DEFAULT, apply_preset
 from rnnlab.training.trainer import Trainer, seed_everything
 from rnnlab.version import __version__
 
@@ -82,6 +82,10 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     training curve (metrics.jsonl) gets, e.g. `studies.plots.LiveCurves()` to watch it in a notebook.
     """
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    if preset is None and options.get("level") == "word" and resume is None and init_from is None \
+            and options.get("model", "rnn") == "rnn" and not set(options) & RECIPE_OPTIONS:
+        preset = WORD_DEFAULT  # a new word-level RNN given no recipe starts from the measured 5-minute one
+        log(f"word level without a recipe: starting from --preset {WORD_DEFAULT} (README: Presets)")
     run = Options.from_kwargs(preset, options)
     saved = parent = None
     if resume is not None:
@@ -116,6 +120,13 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
                      progress=progress, command=command, log=log, parent=parent, on_metrics=on_metrics,
                      lineage=finetune.lineage(parent, added) if parent is not None else None)
+
+
+# The options that make a recipe (a word-level run given none of them starts from WORD_DEFAULT): every
+# model and training-loop setting but how long to train, how often to report, the seed and the device
+RECIPE_OPTIONS = ({f.name for f in fields(ModelConfig)} | {f.name for f in fields(TrainConfig)}) - {
+    "vocab_size", "seed", "device", "time_budget", "max_steps", "epochs", "patience", "eval_every", "save_every",
+    "sample_every", "log_every", "eval_batch_size", "precision"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,14 @@ PRESETS: dict[str, dict] = {
                    ar=1.0, tar=1.0, batch_size=64, bptt=70, variable_bptt=True, optimizer="adamw", lr=3e-3,
                    weight_decay=1e-6, schedule="cosine", warmup=200, clip=0.25, ema=0.998, eval_every=500,
                    time_budget=60.0),
+    # A book at word level in 5 minutes on 2 CPU cores (issue 15; benchmarks/RESULTS.md): the softmax over a
+    # ~15k-word vocabulary is most of the cost, so an adaptive softmax above 4,000 words (2.5x the tokens/s);
+    # large batches and a high lr for the few hundred steps there are; light locked dropout (it overfits
+    # after about five epochs). `rnnlab train FILE --level word` without --preset starts from it.
+    "word-5min": dict(level="word", cell="lstm", layers=2, hidden=256, embed_dim=256, softmax="auto",
+                      dropout_input=0.2, dropout_hidden=0.1, dropout_output=0.2,
+                      batch_size=64, bptt=48, optimizer="adamw", lr=1e-2, warmup=50, schedule="cosine",
+                      eval_every=100, time_budget=5.0),
     # Tiny Shakespeare, char level, on 2 CPU cores (benchmarks/RESULTS.md): bf16 autocast runs a 2x384 LSTM as
     # fast as fp32 runs a 2x256 one; a cosine schedule that ends with the budget; short budgets want a high lr
     # and more, smaller steps.
@@ -32,6 +40,9 @@ PRESETS: dict[str, dict] = {
                       bptt=128, optimizer="adamw", lr=4e-3, weight_decay=0.01, schedule="cosine", warmup=50,
                       clip=1.0, precision="bf16", eval_every=500, time_budget=20.0),
 }
+
+
+WORD_DEFAULT = "word-5min"  # the recipe a new word-level run starts from when no --preset is given
 
 
 def apply_preset(name: str | None, options: dict) -> dict:
