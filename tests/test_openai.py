@@ -105,3 +105,25 @@ def test_errors_have_openais_shape(client, url, openai):
         client.completions.create(model="gpt-4", prompt="x")
     body = httpx.post(url + "/v1/completions", json={"prompt": "x", "bogus": 1}, timeout=30).json()
     assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["param"] == "bogus"
+
+
+def test_without_a_prompt_the_text_starts_from_a_random_word_as_generate_does(client, lm):
+    result = client.completions.create(model="tiny", prompt="", max_tokens=30, seed=5)
+    assert result.choices[0].text == lm.generate(None, length=30, seed=5)     # the start word, then 30 tokens
+    assert result.usage.completion_tokens == 30
+
+
+def test_a_baseline_is_served_too_without_logprobs_or_penalties(tmp_path, openai):
+    from conftest import shakespeare
+    from rnnlab.data.corpus import Corpus
+    ngram = rnnlab.train(Corpus("s", shakespeare(20_000), shakespeare(20_000)), tmp_path / "ng", model="ngram",
+                         order=3, progress=False, log=lambda m: None)
+    with running(create_app(ngram, Limits(max_prompt_chars=200, max_tokens=400))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        result = client.completions.create(model="ng", prompt="ROMEO:", max_tokens=40, seed=3)
+        assert "ROMEO:" + result.choices[0].text == ngram.generate("ROMEO:", length=40, seed=3)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="ng", prompt="ROMEO:", max_tokens=40, seed=3, stream=True) if c.choices)
+        assert streamed == result.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="need an RNN"):
+            client.completions.create(model="ng", prompt="ROMEO:", max_tokens=5, logprobs=2)

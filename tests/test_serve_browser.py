@@ -76,7 +76,8 @@ def test_typed_prompt_streams_generated_text_onto_the_page(page, url):
 
     shown = page.locator("#output").inner_text()
     body = {"prompt": "ROMEO:", "max_tokens": 1500, "temperature": 0.8, "top_p": 1, "seed": 7}
-    assert shown == httpx.post(url + "/v1/generate", json=body, timeout=30).json()["text"]
+    assert shown == "ROMEO:" + httpx.post(url + "/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+    assert url + "/v1/completions" in page.requested                  # the page speaks the OpenAI API
     assert all(requested.startswith(url) for requested in page.requested), page.requested
 
 
@@ -101,4 +102,4 @@ def test_server_error_message_is_shown(page):
     page.fill("#prompt", "x" * 201)
     page.click("#generate")
     expect(page.locator("#status")).to_have_class("error")
-    expect(page.locator("#status")).to_have_text("prompt: String should have at most 200 characters")
+    expect(page.locator("#status")).to_have_text("prompt: at most 200 characters")

@@ -10,7 +10,13 @@ frequency_penalty, plus top_k as an extension; `model` is accepted and must name
 model. Streams are `data: {json}` chunks, one per piece of text and choice, then a chunk with
 `finish_reason` (`stop`: a stop string or the end of a document; `length`: max_tokens) and the
 `usage`, then `data: [DONE]`. Errors have OpenAI's shape, `{"error": {"message", "type",
-"param", "code"}}`. Every choice is a stream of the batched engine (inference/engine.py).
+"param", "code"}}`. An RNN's choices are streams of the batched engine (inference/engine.py); a
+baseline's (HMM, n-gram) run one by one, without logprobs or penalties. Without a prompt a
+completion starts from a random vocabulary word, which is the first piece of its text.
+
+Two rnnlab extensions ride along, which OpenAI clients ignore: `top_k` in the request, and in the
+response (the streamed usage chunk) `seed`, the seed of the first choice (the i-th choice uses
+seed + i), and `unknown`, the prompt's words that are not in the vocabulary (read as <unk>).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model's annotation at run time.
@@ -60,8 +66,9 @@ def completion_model(limits) -> type[BaseModel]:
 
 
 def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> None:
-    """The OpenAI-compatible routes on `app`, for an RNN served by `engine`; `slot()` is the server's
-    wait for a free generation slot (serve.generation_slot), `counters` its health figures."""
+    """The OpenAI-compatible routes on `app`, for an RNN served by `engine` (or a baseline: `engine` None);
+    `slot()` is the server's wait for a free generation slot (serve.generation_slot), `counters` its
+    health figures."""
     CompletionRequest = completion_model(limits)
     created = int(time.time())
 
@@ -83,10 +90,14 @@ def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> N
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             return error(400, "stop: up to 4 non-empty strings", "stop")
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_GENERATION_SEED + 1)
+        if engine is None and (request.logprobs or request.presence_penalty or request.frequency_penalty):
+            return error(400, f"logprobs and presence/frequency penalties need an RNN; this server serves a "
+                              f"{lm.model_type} baseline", "logprobs" if request.logprobs else "presence_penalty")
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_GENERATION_SEED - MAX_N + 1)
         choices = [Choice(lm, engine, prompt, request, seed + i, stops) for i in range(request.n)]
         ident = f"cmpl-{secrets.token_hex(12)}"
         head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name}
+        extras = {"seed": seed, "unknown": lm.tokenizer.unknown(prompt) if prompt else []}
         if not request.stream:
             try:
                 for choice in choices:
@@ -96,7 +107,8 @@ def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> N
                     choice.cancel()
             if await http.is_disconnected():
                 return JSONResponse({}, status_code=499)
-            return {**head, "choices": [c.result(i) for i, c in enumerate(choices)], "usage": usage(choices)}
+            return {**head, "choices": [c.result(i) for i, c in enumerate(choices)], "usage": usage(choices),
+                    **extras}
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -106,7 +118,7 @@ def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> N
                                                            "finish_reason": None}]})
                     yield _chunk({**head, "choices": [{"text": "", "index": i, "logprobs": None,
                                                        "finish_reason": choice.finish}]})
-                yield _chunk({**head, "choices": [], "usage": usage(choices)})
+                yield _chunk({**head, "choices": [], "usage": usage(choices), **extras})
                 yield "data: [DONE]\n\n"
             finally:
                 for choice in choices:
@@ -152,27 +164,49 @@ class Choice:
             if await http.is_disconnected():
                 return
 
+    async def _tokens(self) -> AsyncIterator[list[tuple[str, float | None, dict | None]]]:
+        """The new tokens as (piece, logprob, top alternatives), a batch at a time: an RNN's from the engine,
+        a baseline's from its own sampler (whose first piece, the prompt or the start word, is skipped)."""
+        r = self.request
+        sampling = dict(temperature=r.temperature or 1.0, top_p=None if r.top_p == 1.0 else r.top_p, top_k=r.top_k,
+                        greedy=r.temperature == 0)
+        if self.engine is None:  # a baseline: lm.stream, one thread-pool hop per piece
+            pieces = self.lm.stream(self.prompt or None, length=r.max_tokens, seed=self.seed, **sampling)
+            try:
+                await run_in_threadpool(next, pieces, None)
+                while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                    yield [(piece, None, None)]
+            finally:
+                pieces.close()
+            return
+        self.stream = self.engine.submit(
+            self.ids, length=r.max_tokens, seed=self.seed, generator=self.generator,
+            presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
+            logprobs=r.logprobs if r.logprobs else None, **sampling)
+        while (items := await run_in_threadpool(self.stream.take)) is not None:
+            batch = []
+            for item in items:
+                token, logprob, top = item if isinstance(item, tuple) else (item, None, None)
+                alternatives = None if top is None else {self.lm.tokenizer.decode([t]): v for t, v in top.items()}
+                batch.append((self.detok(token), logprob, alternatives))
+            yield batch
+
     async def pieces(self, slot, counters) -> AsyncIterator[tuple[str, dict | None]]:
         """(text, logprobs) per piece: the prompt first if echo, then each token's, up to a stop."""
         r = self.request
         async with slot():
-            self.stream = self.engine.submit(
-                self.ids, length=r.max_tokens, seed=self.seed, generator=self.generator, greedy=r.temperature == 0,
-                temperature=r.temperature or 1.0, top_p=None if r.top_p == 1.0 else r.top_p, top_k=r.top_k,
-                presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
-                logprobs=r.logprobs if r.logprobs else None)
             if r.echo and self.prompt:
                 self.text += self.prompt
                 yield self.prompt, None
             stops = self.stops
             pending: list[tuple[str, float | None, dict | None]] = []   # pieces that may begin a stop string
-            while (items := await run_in_threadpool(self.stream.take)) is not None:
-                for item in items:
-                    token, logprob, top = item if isinstance(item, tuple) else (item, None, None)
+            if not self.prompt and self.first:  # no prompt: the random start word begins the text (not counted)
+                pending.append((self.first, None, None))
+            async for batch in self._tokens():
+                for entry in batch:
                     counters.tokens_generated += 1
                     self.completion_tokens += 1
-                    alternatives = None if top is None else {self.lm.tokenizer.decode([t]): v for t, v in top.items()}
-                    pending.append((self.detok(token), logprob, alternatives))
+                    pending.append(entry)
                     held = "".join(piece for piece, _, _ in pending)
                     cut = [i for i in (held.find(s) for s in stops) if i >= 0]
                     if cut:  # a stop string: the text ends before it
@@ -185,7 +219,7 @@ class Choice:
                             limit -= len(piece)
                         for out in self._emit(release):
                             yield out
-                        self.stream.cancel()
+                        self.cancel()
                         return
                     # what cannot be the start of a stop string goes out; the rest waits for the next piece
                     keep = held_back(held, stops)
@@ -197,7 +231,8 @@ class Choice:
                         yield out
             for out in self._emit(pending):
                 yield out
-            self.finish = self.stream.finish  # "stop" where the model ended its document
+            if self.stream is not None:
+                self.finish = self.stream.finish  # "stop" where the model ended its document
 
     def _emit(self, entries) -> Iterator[tuple[str, dict | None]]:
         """Record released pieces (and their logprobs) in the choice, and give them to the caller."""

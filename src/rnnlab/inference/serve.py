@@ -316,9 +316,9 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
                   description="Generate text with a recurrent language model trained by rnnlab.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
-    if engine is not None:  # the OpenAI-compatible routes: /v1/completions, /v1/models
-        from rnnlab.inference import openai_api
-        openai_api.add_routes(app, lm, engine, name, limits, lambda: generation_slot(counters, slots), counters)
+    # the OpenAI-compatible routes, which the page uses too: /v1/completions, /v1/models
+    from rnnlab.inference import openai_api
+    openai_api.add_routes(app, lm, engine, name, limits, lambda: generation_slot(counters, slots), counters)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
