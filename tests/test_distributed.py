@@ -66,10 +66,12 @@ def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(cor
 
 
 def test_a_killed_rank_ends_the_job_and_resume_continues_exactly(corpus_file, tmp_path):
-    # with dropout, so that the per-rank random streams must come back too; a save every 4 steps. The schedule
-    # is constant, so the steps the run logged before the kill are the uninterrupted curve: the resumed run
-    # must retake them exactly (no third torchrun for a reference run)
-    args = [*ARGS, "--dropout", "0.1", "--save-every", "4"]
+    # with dropout, so that the per-rank random streams must come back too, and AWD-LSTM's regularisers, the
+    # weight average and variable windows (all composing with DDP and resume); a save every 4 steps. The
+    # schedule is constant, so the steps the run logged before the kill are the uninterrupted curve: the
+    # resumed run must retake them exactly (no third torchrun for a reference run)
+    args = [*ARGS, "--dropout", "0.1", "--dropout-input", "0.1", "--dropout-hidden", "0.1", "--weight-drop", "0.2",
+            "--ar", "1", "--tar", "1", "--ema", "0.9", "--variable-bptt", "--save-every", "4"]
     out = tmp_path / "m"
     long_args = [a if a != "30" else "100000" for a in args]
     proc = subprocess.Popen(torchrun("train", corpus_file, "--out", out, *long_args), stdout=subprocess.PIPE,
