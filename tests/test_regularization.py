@@ -184,3 +184,23 @@ def test_ema_validates_and_saves_the_average_and_resumes_exactly(tmp_path):
     best = min(r["valid_loss"] for r in metrics(tmp_path / "full") if "valid_loss" in r)
     total, count = stream_sums(lm.net, lm.tokenizer.encode(corpus().valid), batch_size=16, device=torch.device("cpu"))
     assert total / count == pytest.approx(best, abs=1e-5)
+
+
+@pytest.mark.numeric  # SGD at lr 40 without clipping must make validation worse within 16 steps
+def test_nt_asgd_starts_averaging_when_validation_stops_improving_and_resumes_exactly(tmp_path):
+    # SGD at a learning rate so high that validation gets worse after a few steps: the trigger must fire
+    options = dict(TINY, **QUIET, optimizer="sgd", lr=40.0, clip=None, nt_asgd=1, eval_every=2, log_every=1,
+                   save_every=3, schedule="constant")
+    said = []
+    rnnlab.train(corpus(), tmp_path / "full", max_steps=16, **{**options, "log": said.append})
+    fired = [line for line in said if "averaging the weights from here on (NT-ASGD)" in line]
+    assert len(fired) == 1
+    valid = [r["valid_loss"] for r in metrics(tmp_path / "full") if "valid_loss" in r]
+    at = next(i for i in range(2, len(valid)) if valid[i] > min(valid[:i - 1]))   # the first such validation
+    assert fired[0].startswith(f"step {2 * (at + 1)}:")
+    rnnlab.train(corpus(), tmp_path / "part", max_steps=9, **options)
+    rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=16, progress=False, log=lambda m: None)
+    full, part = train_losses(tmp_path / "full"), train_losses(tmp_path / "part")
+    assert [part[s] for s in range(1, 17)] == pytest.approx([full[s] for s in range(1, 17)], abs=1e-6)
+    with pytest.raises(RnnlabError, match="choose one"):
+        rnnlab.train(corpus(), tmp_path / "x", max_steps=1, ema=0.9, nt_asgd=2, **QUIET)

@@ -52,6 +52,9 @@ class TrainConfig:
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999); validation, the saved model and generation use the average (Polyak "
                                "averaging; AWD-LSTM averages with NT-ASGD)", metavar="DECAY")
+    nt_asgd: int | None = option(None, "NT-ASGD's trigger (AWD-LSTM: 5): once a validation is worse than the best "
+                                 "of all but the last N, average the weights uniformly from then on; validation, "
+                                 "the saved model and generation use the average", metavar="N")
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
                             "fp32)", metavar="NAME")
@@ -68,7 +71,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise RnnlabError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         check_at_least_one(self, ("batch_size", "bptt", "eval_batch_size", "log_every", "epochs", "max_steps",
-                                  "eval_every", "patience", "save_every", "sample_every"))
+                                  "eval_every", "patience", "save_every", "sample_every", "nt_asgd"))
         if not 0 < self.lr < math.inf:
             raise RnnlabError(f"--lr must be a positive number, got {self.lr}")
         for name in ("momentum", "weight_decay"):
@@ -83,6 +86,8 @@ class TrainConfig:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise RnnlabError(f"--ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
+        if self.nt_asgd is not None and self.ema is not None:
+            raise RnnlabError("--ema and --nt-asgd both average the weights; choose one")
         if self.clip is not None and not self.clip > 0:
             raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
         if self.time_budget is not None and not 0 < self.time_budget < math.inf:

@@ -142,10 +142,13 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Polyak averaging: an exponential moving average of the weights (torch's AveragedModel), updated
         # after every step; validation, the saved model and samples use it (`averaged_weights`)
+        # or, with --nt-asgd, a uniform average that starts when validation stops improving (AWD-LSTM)
         self.ema = None
         if cfg.ema is not None:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             self.ema = AveragedModel(lm.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+        self.valid_history: list[float] = []   # every validation loss, for NT-ASGD's trigger
+        self.averaging_from: int | None = None  # the step NT-ASGD began averaging at
         # the loop's whole state: with the weights, optimiser and RNG it is all a resume needs
         self.step = 0
         self.epoch = 0
@@ -176,6 +179,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
             "rng_per_rank": distributed.gather_bytes(torch.get_rng_state(), self.world),
             "world_size": self.world.size, "train_config": asdict(self.cfg),
+            "valid_history": self.valid_history, "averaging_from": self.averaging_from,
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
@@ -189,9 +193,14 @@ class Trainer:
         hidden = [h[:, self.rows].to(self.device) for h in state["hidden"]]   # this rank's streams
         self.hidden = tuple(hidden) if state["hidden_is_pair"] else (hidden[0] if hidden else None)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if "ema" not in state:
-                raise RnnlabError("the checkpoint was trained without --ema; resume without it, or start a new run")
+        if self.ema is not None and "ema" not in state:
+            raise RnnlabError("the checkpoint was trained without --ema; resume without it, or start a new run")
+        self.valid_history = list(state.get("valid_history", []))
+        self.averaging_from = state.get("averaging_from")
+        if "ema" in state:
+            if self.ema is None:  # NT-ASGD had begun averaging
+                from torch.optim.swa_utils import AveragedModel
+                self.ema = AveragedModel(self.lm.net)
             self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         saved_world = state.get("world_size", 1)
@@ -308,6 +317,14 @@ class Trainer:
             total, count = distributed.all_reduce_sum([total, count], self.device)
         loss = total / count
         self.last_valid_step = self.step
+        n = self.cfg.nt_asgd
+        if n and self.ema is None and len(self.valid_history) > n and loss > min(self.valid_history[:-n]):
+            # NT-ASGD (Merity et al. 2017): validation stopped improving; average the weights from here on
+            from torch.optim.swa_utils import AveragedModel
+            self.ema, self.averaging_from = AveragedModel(self.lm.net), self.step
+            self.log(f"step {self.step}: validation is worse than the best before the last {n}; averaging the "
+                     f"weights from here on (NT-ASGD)")
+        self.valid_history.append(loss)
         improved = loss < self.best_valid
         if improved:
             self.best_valid, self.bad_validations = loss, 0
