@@ -11,14 +11,6 @@ PRESETS: dict[str, dict] = {
     "zaremba-small": dict(level="word", cell="lstm", layers=2, hidden=200, embed_dim=200, batch_size=20, bptt=20,
                           optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
                           decay_start=4, epochs=13),
-    # PTB in one hour on 2 CPU cores (issue 15; benchmarks/RESULTS.md): a small tied LSTM with AWD-LSTM's
-    # regularisers (Merity et al. 2017) set lighter than theirs, since an hour is about ten epochs, not 500;
-    # AdamW on a cosine schedule that ends with the budget, and an average of the weights (--ema)
-    "ptb-1h": dict(level="word", cell="lstm", layers=2, hidden=256, embed_dim=256, tie_weights=True,
-                   dropout_embed=0.05, dropout_input=0.3, dropout_hidden=0.2, dropout_output=0.3, weight_drop=0.2,
-                   ar=1.0, tar=1.0, batch_size=64, bptt=70, variable_bptt=True, optimizer="adamw", lr=3e-3,
-                   weight_decay=1e-6, schedule="cosine", warmup=200, clip=0.25, ema=0.998, eval_every=500,
-                   time_budget=60.0),
     # A book at word level in 5 minutes on 2 CPU cores (issue 15; benchmarks/RESULTS.md): the softmax over a
     # ~15k-word vocabulary is most of the cost, so an adaptive softmax above 4,000 words (2.5x the tokens/s);
     # large batches and a high lr for the few hundred steps there are; light locked dropout (it overfits
