@@ -195,7 +195,7 @@ def test_openapi_schema_documents_the_endpoints_and_this_servers_caps(client):
 def test_page_is_html_that_fetches_nothing_from_elsewhere(client):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert "/v1/generate" in response.text
+    assert "/v1/completions" in response.text and "/v1/generate" not in response.text   # the OpenAI API
     assert not re.search(r"https?://|//[a-z]", response.text, re.IGNORECASE)
 
 
