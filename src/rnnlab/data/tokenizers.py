@@ -172,12 +172,12 @@ class WordTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         get, unk, spaced = self.index.get, self.unk_id, self.spaced_unk_id
-        return np.fromiter((get(tok, spaced if tok[0] == SPACE and len(tok) > 1 else unk)
+        return np.fromiter((get(tok, spaced if _spaced(tok) else unk)
                             for tok in self.tokens(text)), dtype=np.int64)  # tokens() streams
 
     def unknown(self, text: str) -> list[str]:
         """The words of `text` that would read as <unk> (without their space mark)."""
-        return sorted({tok[1:] if tok[0] == SPACE and len(tok) > 1 else tok
+        return sorted({tok[1:] if _spaced(tok) else tok
                        for tok in self.tokens(text) if tok not in self.index})
 
     @property
@@ -202,7 +202,7 @@ class WordTokenizer:
         if token_id == self.doc_id:
             return END_OF_DOCUMENT
         piece = self.vocab[token_id]
-        return " " + piece[1:] if piece[0] == SPACE and len(piece) > 1 else piece
+        return " " + piece[1:] if _spaced(piece) else piece
 
     def to_dict(self) -> dict:
         return {"type": "word", "vocab": self.vocab, "lowercase": self.lowercase, "split": self.split}
@@ -271,6 +271,11 @@ def blocks(text: str, size: int = 1 << 20) -> Iterator[str]:
         end = len(text) if end == -1 else end + 1
         yield text[start:end]
         start = end
+
+
+def _spaced(token: str) -> bool:
+    """A token that stands for a space and the rest ("▁the"); "▁" alone is the character itself."""
+    return token[0] == SPACE and len(token) > 1
 
 
 def _exact_pieces(line: str) -> Iterator[str]:

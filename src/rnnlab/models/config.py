@@ -15,8 +15,9 @@ INPUTS = ("learned", "onehot")
 IMPLS = ("torch", "explicit")
 SOFTMAXES = ("full", "adaptive", "auto")
 AUTO_ADAPTIVE = 4000  # softmax "auto": adaptive above this vocabulary size, full at or below it
-# AWD-LSTM's regularisers (models/regularization.py); the five rates first
-REGULARIZERS = ("dropout_embed", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop", "ar", "tar")
+# AWD-LSTM's regularisers (models/regularization.py): five rates in [0, 1), and the AR/TAR weights
+RATES = ("dropout_embed", "dropout_input", "dropout_hidden", "dropout_output", "weight_drop")
+REGULARIZERS = (*RATES, "ar", "tar")
 
 
 @dataclass
@@ -69,7 +70,7 @@ class ModelConfig:
         if self.input not in INPUTS:
             raise RnnlabError(f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
         check_at_least_one(self, ("vocab_size", "embed_dim", "hidden", "layers"), flag="")
-        for name in ("dropout", *REGULARIZERS[:5]):
+        for name in ("dropout", *RATES):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         for name in ("ar", "tar"):
