@@ -175,13 +175,13 @@ def test_a_pipe_is_refused_as_not_a_regular_file(tmp_path):
 
 
 def test_no_training_window_crosses_into_another_file_without_the_marker(tmp_path):
-    from rnnlab.data.batching import batchify, windows
+    from rnnlab.data.batching import Streams, windows
     from rnnlab.data.tokenizers import END_OF_DOCUMENT, CharTokenizer
     for name, letter in (("a.txt", "a"), ("b.txt", "b"), ("c.txt", "c"), ("d.txt", "d")):
         (tmp_path / name).write_text((letter * 37 + "\n") * 11)         # each file writes only its own letter
     text = read_sources([str(tmp_path)])
     tok = CharTokenizer.fit(text)
-    data = batchify(tok.encode(text), 3)
+    data = Streams(tok.encode(text), 3)
     crossings = 0
     for _, x, y in windows(data, 16):
         for row in torch.cat([x, y[:, -1:]], 1).tolist():

@@ -148,8 +148,8 @@ def test_settings_that_cannot_work_are_refused(options, message):
 
 
 def test_variable_bptt_windows_cover_the_data_once_and_differ_by_epoch():
-    from rnnlab.data.batching import variable_length, windows
-    data = torch.arange(4 * 1001).view(4, 1001)
+    from rnnlab.data.batching import Streams, variable_length, windows
+    data = Streams(torch.arange(4 * 1001), 4)
     cuts = {}
     for epoch in (0, 1):
         spans = [(column, x.size(1)) for column, x, y in windows(data, 40, length_at=variable_length(40, 7, epoch))]

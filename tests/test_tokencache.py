@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -30,15 +32,16 @@ def counting_fit(corp: Corpus, calls: list):
 def test_second_encoding_comes_from_the_cache_without_fitting(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     corp, calls, messages = corpus(), [], []
-    tok1, ids1, hit1 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
-    tok2, ids2, hit2 = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
-    assert len(calls) == 1 and (hit1, hit2) == (False, True)
-    assert tok2.vocab == tok1.vocab and isinstance(tok2, WordTokenizer)
+    first = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    second = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=messages.append)
+    assert len(calls) == 1 and (first.cached, second.cached) == (False, True)
+    assert second.tokenizer.vocab == first.tokenizer.vocab and isinstance(second.tokenizer, WordTokenizer)
+    assert (second.train_sha256, second.unknown_fraction) == (first.train_sha256, first.unknown_fraction)
     for name in ("train", "valid", "test"):
-        assert ids2[name].dtype == np.int64 and np.array_equal(ids1[name], ids2[name])
-        assert np.array_equal(ids1[name], tok1.encode(getattr(corp, name)))
-    entry = tokencache.entry_dir(tokencache.corpus_key(corp, SETTINGS))
-    assert np.load(entry / "train.npy", allow_pickle=False).dtype == np.uint16  # compact on disk
+        assert isinstance(second.ids[name], np.memmap) and second.ids[name].dtype == np.uint16  # compact on disk
+        assert np.array_equal(first.ids[name], second.ids[name])
+        assert np.array_equal(first.ids[name], first.tokenizer.encode(getattr(corp, name)))
+    assert first.train_sha256 == tokencache.ids_sha256(first.ids["train"])
 
 
 def test_other_text_or_settings_or_tokenizer_get_their_own_entry(tmp_path, monkeypatch):
@@ -53,22 +56,29 @@ def test_other_text_or_settings_or_tokenizer_get_their_own_entry(tmp_path, monke
     calls = []
     tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     given_tok = CharTokenizer.fit(corp.train)
-    tok, ids, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), tokenizer=given_tok,
-                                           log=lambda m: None)
-    assert tok is given_tok and np.array_equal(ids["valid"], given_tok.encode(corp.valid)) and len(calls) == 1
+    tokens = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), tokenizer=given_tok,
+                                      log=lambda m: None)
+    assert tokens.tokenizer is given_tok and np.array_equal(tokens.ids["valid"], given_tok.encode(corp.valid))
+    assert len(calls) == 1
 
 
-def test_a_damaged_entry_is_a_miss_and_is_written_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("damage", ["cut short", "older format", "other vocabulary"])
+def test_a_damaged_or_foreign_entry_is_a_miss_and_is_written_again(tmp_path, monkeypatch, damage):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     corp, calls = corpus(), []
-    _, first, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    first = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
     entry = tokencache.entry_dir(tokencache.corpus_key(corp, SETTINGS))
-    data = (entry / "train.npy").read_bytes()
-    (entry / "train.npy").write_bytes(data[: len(data) // 2])
-    _, again, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
-    assert len(calls) == 2 and np.array_equal(again["train"], first["train"])
-    _, third, _ = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
-    assert len(calls) == 2 and np.array_equal(third["train"], first["train"])
+    meta = json.loads((entry / "meta.json").read_text())
+    if damage == "cut short":
+        data = (entry / "train.bin").read_bytes()
+        (entry / "train.bin").write_bytes(data[: len(data) // 2])
+    else:
+        meta.update({"format": 2} if damage == "older format" else {"vocab_size": meta["vocab_size"] + 1})
+        (entry / "meta.json").write_text(json.dumps(meta))
+    again = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    assert len(calls) == 2 and not again.cached and np.array_equal(again.ids["train"], first.ids["train"])
+    third = tokencache.encode_corpus(corp, SETTINGS, counting_fit(corp, calls), log=lambda m: None)
+    assert len(calls) == 2 and third.cached and np.array_equal(third.ids["train"], first.ids["train"])
     assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 

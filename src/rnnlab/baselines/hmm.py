@@ -106,7 +106,7 @@ class HMM(nn.Module):
     # the forward recursion
 
     def _as_ids(self, ids, ndim: tuple[int, ...] = (1, 2)) -> torch.Tensor:
-        ids = torch.as_tensor(np.asarray(ids) if not torch.is_tensor(ids) else ids, dtype=torch.long)
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64) if not torch.is_tensor(ids) else ids, dtype=torch.long)
         if ids.dim() not in ndim:
             raise RnnlabError(f"expected token ids of {' or '.join(f'{d}-D' for d in ndim)} shape, "
                               f"got shape {tuple(ids.shape)}")

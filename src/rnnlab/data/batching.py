@@ -12,6 +12,11 @@ reads them in parallel, one row each, carrying its hidden state from window to w
 
 The targets are the inputs shifted by one token; the last column has no target, so a window
 holds at most `bptt` inputs. Tokens that do not fill a whole row are dropped (< batch_size).
+
+`Streams` is that layout read a window at a time. Over ids in memory it is a (B, N) tensor view;
+over the token store's memory map (tokencache.py) each window reads its B slices of the file
+through a fresh map, so resident memory stays one window's, whatever the corpus's size (nanoGPT
+maps its train.bin anew for each batch for the same reason). A DDP rank reads only its rows.
 """
 
 from __future__ import annotations
@@ -25,29 +30,54 @@ import torch
 
 def batchify(ids: np.ndarray | torch.Tensor, batch_size: int) -> torch.Tensor:
     """(n,) token ids -> (batch_size, n // batch_size) contiguous streams."""
-    ids = torch.as_tensor(ids, dtype=torch.long)
+    ids = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else np.asarray(ids, dtype=np.int64), dtype=torch.long)
     columns = len(ids) // batch_size
     return ids[: columns * batch_size].view(batch_size, columns)
 
 
-def num_windows(data: torch.Tensor, bptt: int) -> int:
-    return (data.size(1) - 1 + bptt - 1) // bptt
+class Streams:
+    """`batch_size` streams of `ids` side by side (batchify), of which this reader holds `rows`, read a
+    window at a time on `device`."""
+
+    def __init__(self, ids: np.ndarray | torch.Tensor, batch_size: int, rows: slice = slice(None),
+                 device: str | torch.device = "cpu"):
+        self.columns = len(ids) // batch_size
+        self.rows = range(batch_size)[rows]
+        self.device = torch.device(device)
+        self.mapped = isinstance(ids, np.memmap) and ids.filename is not None
+        if self.mapped:  # the file, not the map: a window maps it anew
+            self.file, self.dtype, self.offset, self.length = ids.filename, ids.dtype, ids.offset, len(ids)
+            self.starts = np.asarray(self.rows, dtype=np.int64)[:, None] * self.columns   # (rows, 1)
+        else:
+            self.data = batchify(ids, batch_size)[rows].to(self.device)                     # (rows, N)
+
+    def window(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the window starting at column `start`, each (rows, <= length)."""
+        length = min(length, self.columns - 1 - start)
+        if not self.mapped:
+            return self.data[:, start:start + length], self.data[:, start + 1:start + 1 + length]
+        ids = np.memmap(self.file, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.length,))
+        block = torch.from_numpy(ids[self.starts + np.arange(start, start + length + 1)].astype(np.int64))
+        del ids  # unmapped: the pages read are no longer this process's
+        block = block.to(self.device)
+        return block[:, :-1], block[:, 1:]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
-def window(data: torch.Tensor, start: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of the window starting at column `start`, each (batch, <= bptt)."""
-    length = min(bptt, data.size(1) - 1 - start)
-    return data[:, start:start + length], data[:, start + 1:start + 1 + length]
+def num_windows(data: Streams, bptt: int) -> int:
+    return (data.columns - 1 + bptt - 1) // bptt
 
 
-def windows(data: torch.Tensor, bptt: int, start: int = 0,
+def windows(data: Streams, bptt: int, start: int = 0,
             length_at: Callable[[int], int] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (column, inputs, targets) for every window from column `start` to the end; each `bptt` long,
     or `length_at(column)` long when given (variable BPTT)."""
     column = start
-    while column < data.size(1) - 1:
+    while column < data.columns - 1:
         length = bptt if length_at is None else length_at(column)
-        x, y = window(data, column, length)
+        x, y = data.window(column, length)
         yield column, x, y
         column += length
 

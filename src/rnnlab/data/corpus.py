@@ -21,7 +21,8 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -74,25 +75,47 @@ def read_file(path: Path, encoding: str = "utf-8") -> str:
 
 def find_files(source: str, glob: str = "*.txt") -> list[Path]:
     """A file is itself; a folder is every file matching `glob` below it, in sorted order."""
+    return list(iter_files(source, glob))
+
+
+def iter_files(source: str, glob: str = "*.txt") -> Iterator[Path]:
+    """`find_files` one file at a time: a folder of any number of files costs one folder listing of memory."""
     path = Path(source).expanduser()
     if path.is_file():
-        return [path]
+        yield path
+        return
     if path.exists() and not path.is_dir():
         raise RnnlabError(f"{source} is not a regular file or a folder (a pipe or a device?); give a text file")
-    if path.is_dir():
-        if Path(glob).is_absolute() or ".." in Path(glob).parts or not glob.strip():
-            raise RnnlabError(f"--glob is a pattern for files inside the folder, such as *.txt or **/*.md; "
-                              f"got {glob!r}")
-        try:  # rglob skips a folder it cannot read without a word; say it instead
-            with os.scandir(path) as entries:
-                next(entries, None)
-        except OSError as e:
-            raise RnnlabError(f"cannot read the folder {path}: {e.strerror}") from None
-        files = sorted(p for p in path.rglob(glob) if p.is_file())
-        if not files:
-            raise RnnlabError(f"no files matching {glob!r} under {path}; pass --glob to choose other files")
-        return files
-    raise RnnlabError(f"no such file or folder: {source} (named corpora: {', '.join(['pydocs', *NAMED])})")
+    if not path.is_dir():
+        raise RnnlabError(f"no such file or folder: {source} (named corpora: {', '.join(['pydocs', *NAMED])})")
+    if Path(glob).is_absolute() or ".." in Path(glob).parts or not glob.strip():
+        raise RnnlabError(f"--glob is a pattern for files inside the folder, such as *.txt or **/*.md; got {glob!r}")
+    try:  # a folder that cannot be read would otherwise be skipped without a word; say it instead
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as e:
+        raise RnnlabError(f"cannot read the folder {path}: {e.strerror}") from None
+    found = False
+    for found in _walk(path, path, glob.removeprefix("**/")):
+        yield found
+    if not found:
+        raise RnnlabError(f"no files matching {glob!r} under {path}; pass --glob to choose other files")
+
+
+def _walk(folder: Path, root: Path, pattern: str) -> Iterator[Path]:
+    """The files below `folder` whose path inside `root` matches `pattern` (right-anchored, as rglob
+    matches), in sorted path order: depth first over each folder's entries sorted by name. Links to
+    folders are not followed (no cycles); links to files are read."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), root, pattern)
+        elif entry.is_file() and PurePath(entry.path).relative_to(root).match(pattern):
+            yield Path(entry.path)
 
 
 def read_sources(sources: list[str], glob: str = "*.txt", encoding: str = "utf-8", *, documents: bool = True) -> str:

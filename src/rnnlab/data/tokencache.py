@@ -1,15 +1,24 @@
-"""Tokenised corpora cached on disk, so that a second run on the same text starts in seconds.
+"""The token store: tokenised corpora on disk, read by memory map, so that a second run on the same
+text starts in seconds and a corpus larger than memory trains with flat memory.
 
-    key = sha256(cache format, tokenizer settings, the train / valid / test text)
-    <cache>/tokens/<key>/   tokenizer.json   train.npy   valid.npy   test.npy
+    <cache>/tokens/<key>/   tokenizer.json   meta.json   train.bin   valid.bin   test.bin
 
-`<cache>` is `~/.cache/rnnlab` or `$RNNLAB_CACHE` (corpus.cache_dir). The settings are the
-fitting options (level, vocabulary cap, ...) for a tokenizer fitted on the training split, or the
-tokenizer itself when one is given (a resumed run, a tokenizer passed to `train`). Ids are stored
-in the smallest unsigned type that holds the vocabulary (uint16 up to 65,536 tokens) and read back
-as int64; `.npy` files hold no pickles. An entry is written into a temporary folder and renamed
-into place, so a crash never leaves a half-written one; an unreadable entry is ignored and
-rewritten. Deleting the folder only costs the next run its tokenisation time.
+`<cache>` is `~/.cache/rnnlab` or `$RNNLAB_CACHE` (corpus.cache_dir). Each `.bin` is the split's ids
+as raw little-endian uint16 (a vocabulary of up to 65,536 tokens) or uint32, nothing else, as
+nanoGPT's `train.bin`; `meta.json` says which, how many tokens each split has, and what was
+measured while writing them (the training ids' sha256, the share of <unk>). A hit returns each
+split as a read-only `np.memmap`: nothing is read until a window is (batching.Streams).
+
+    key = sha256(store format, tokenizer settings, the text)                  a corpus in memory
+    key = sha256(store format, tokenizer settings, each file's path, size, mtime)   a TextStream
+
+The settings are the fitting options (level, vocabulary cap, ...) of a tokenizer fitted on the
+training split, or the tokenizer itself when one is given (a resumed run, a fine-tuning run). A
+stream is encoded without ever holding its text (streaming.py): the tokenizer is fitted on a
+count, and the ids are written block by block. Every entry is written into a staging folder and
+renamed into place, so a crash never leaves a half-written one, and two runs building the same
+entry at once each build their own and the first to finish is kept. An entry that does not read
+back as its meta.json says (damaged, or from another rnnlab) is a miss and is built again.
 """
 
 from __future__ import annotations
@@ -17,23 +26,43 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rnnlab.data.corpus import Corpus, cache_dir
+from rnnlab.data.streaming import TextStream
+from rnnlab.data.tokenizers import build_tokenizer, tokenizer_from_dict
+from rnnlab.errors import RnnlabError
 from rnnlab.files import replace_dir, staging_dir
-from rnnlab.data.tokenizers import tokenizer_from_dict
 
-FORMAT = 2  # bump when tokenisation itself changes, so old entries are not reused (2: exact word spacing)
+FORMAT = 3  # bump when tokenisation or the layout changes (2: exact word spacing; 3: raw .bin + meta.json)
 SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Tokens:
+    """A tokenised corpus: the tokenizer and each split's ids (an int64 array, or a read-only uint16/uint32
+    memory map of the store; None for a split the corpus lacks)."""
+    tokenizer: object
+    ids: dict
+    cached: bool
+    train_sha256: str         # ids_sha256 of the training ids: config.json records it, a resume checks it
+    unknown_fraction: float   # of the training tokens, <unk>
+    key: str | None = None    # the store entry, when there is one
 
 
 def ids_sha256(ids: np.ndarray) -> str:
     """The fingerprint of a token stream that config.json records (`train_sha256`): a resume, or an
     evaluation on the model's own corpus, checks that the text is still the one it was trained on."""
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for start in range(0, len(ids), 1 << 22):
+        digest.update(np.ascontiguousarray(ids[start:start + (1 << 22)], dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def corpus_key(corpus: Corpus, settings: dict) -> str:
@@ -46,64 +75,192 @@ def corpus_key(corpus: Corpus, settings: dict) -> str:
     return digest.hexdigest()
 
 
+def stream_key(stream: TextStream, settings: dict) -> str:
+    fingerprint, _ = stream.fingerprint()
+    return hashlib.sha256(json.dumps({"format": FORMAT, "stream": fingerprint, **settings},
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def entry_dir(key: str) -> Path:
     return cache_dir() / "tokens" / key
 
 
 def encode_corpus(corpus: Corpus, settings: dict, fit: Callable[[], object], *, tokenizer=None, cache: bool = True,
-                  log=None):
-    """(tokenizer, {split: int64 ids or None}, whether they came from the cache) for the corpus.
-
-    `fit()` builds the tokenizer on a miss when none is given; `settings` are what `fit` depends on.
-    """
+                  log=None) -> Tokens:
+    """The corpus tokenised: from the store, or by `fit()` (when no tokenizer is given) and encoding, then
+    stored. `settings` are what `fit` depends on."""
     log = log or (lambda message: None)
     if tokenizer is not None:
         settings = {"tokenizer": tokenizer.to_dict()}
     key = corpus_key(corpus, settings) if cache else None
-    if cache:
-        hit = _read(entry_dir(key))
-        if hit is not None:
-            return (*hit, True)
+    if cache and (hit := _read(entry_dir(key), key)) is not None:
+        return hit
     chars = sum(len(getattr(corpus, name) or "") for name in SPLITS)
     if chars > 10_000_000:
-        log(f"tokenising {chars / 1e6:,.0f} M characters{' (cached for the next run)' if cache else ''}")
+        log(f"tokenising {chars / 1e6:,.0f} M characters{' (stored for the next run)' if cache else ''}")
     tokenizer = tokenizer if tokenizer is not None else fit()
     ids = {name: tokenizer.encode(getattr(corpus, name)) if getattr(corpus, name) else None for name in SPLITS}
+    unknown = float(np.mean(np.isin(ids["train"], tokenizer.unknown_ids))) if len(ids["train"]) else 0.0
+    tokens = Tokens(tokenizer, ids, False, ids_sha256(ids["train"]), unknown, key)
     if cache:
-        _write(entry_dir(key), tokenizer, ids)
-    return tokenizer, ids, False
+        _write_from_memory(entry_dir(key), tokens)
+    return tokens
 
 
-def _read(folder: Path):
+def encode_stream(stream: TextStream, settings: dict, *, tokenizer=None, known: str | None = None,
+                  progress: bool = True, log=None) -> Tokens:
+    """A TextStream tokenised into the store (always: the store is where its ids live), or read from it.
+    `known`: a key recorded earlier (a resumed run's), tried first when a tokenizer is given."""
+    log = log or (lambda message: None)
+    if tokenizer is not None and known and (hit := _read(entry_dir(known), known)) is not None \
+            and hit.tokenizer.to_dict() == tokenizer.to_dict():
+        return hit
+    key = stream_key(stream, {"tokenizer": tokenizer.to_dict()} if tokenizer is not None else settings)
+    if (hit := _read(entry_dir(key), key)) is not None:
+        return hit
+    size = stream.size()
+    _check_space(entry_dir(key).parent, size * (2 if settings.get("max_vocab", 0) <= 1 << 16 else 4), stream.name)
+    if tokenizer is None:
+        log(f"fitting the {settings['level']} tokenizer on a count of the training text ({size / 1e6:,.0f} MB in all)")
+        tokenizer = build_tokenizer(train_text=_texts(stream, "train", progress, "count"), **settings)
+    log(f"tokenising {size / 1e6:,.0f} MB into the token store {entry_dir(key)}")
+    return _write_stream(entry_dir(key), key, tokenizer, _texts(stream, None, progress, "tokenise"), total=size)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and writing entries
+
+
+def _read(folder: Path, key: str) -> Tokens | None:
     try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            return None
         tokenizer = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         ids = {}
         for name in SPLITS:
-            path = folder / f"{name}.npy"
-            ids[name] = np.load(path, allow_pickle=False).astype(np.int64) if path.exists() else None
+            count = meta["tokens"][name]
+            path = folder / f"{name}.bin"
+            if count is None:
+                ids[name] = None
+            elif path.stat().st_size != count * dtype.itemsize:  # cut short, or written by something else
+                return None
+            else:
+                ids[name] = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
+        if meta["vocab_size"] != tokenizer.vocab_size or ids["train"] is None:
+            return None
+        return Tokens(tokenizer, ids, True, meta["train_sha256"], meta["unknown_fraction"], key)
     except Exception:  # absent, or damaged by hand: a miss, and the entry is written again
         return None
-    if ids["train"] is None or any(len(v) and v.max() >= tokenizer.vocab_size for v in ids.values() if v is not None):
-        return None
-    return tokenizer, ids
 
 
-def _write(folder: Path, tokenizer, ids: dict) -> None:
-    """Write the entry in a staging folder and swap it in (files.replace_dir). A cache that cannot be
-    written (read-only, full, not a folder) costs speed, never the run."""
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    staging = None
+def _dtype(tokenizer) -> np.dtype:
+    return np.dtype("<u2" if tokenizer.vocab_size <= 1 << 16 else "<u4")
+
+
+def _meta(tokens: Tokens, counts: dict) -> dict:
+    return {"format": FORMAT, "dtype": _dtype(tokens.tokenizer).str, "vocab_size": tokens.tokenizer.vocab_size,
+            "tokens": counts, "train_sha256": tokens.train_sha256, "unknown_fraction": tokens.unknown_fraction}
+
+
+def _write_from_memory(folder: Path, tokens: Tokens) -> None:
+    """Store ids already in memory. A store that cannot be written (read-only, full, not a folder) costs the
+    next run its tokenisation time, never this run."""
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_dir(folder.parent, f".{folder.name[:12]}-")
-        (staging / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False),
-                                                encoding="utf-8")
-        for name, values in ids.items():
-            if values is not None:
-                np.save(staging / f"{name}.npy", values.astype(dtype), allow_pickle=False)
-        replace_dir(staging, folder)  # replaces a damaged entry (a good one would have been read)
+        with _building(folder) as staging:
+            dtype = _dtype(tokens.tokenizer)
+            for name, values in tokens.ids.items():
+                if values is not None:
+                    values.astype(dtype).tofile(staging / f"{name}.bin")
+            counts = {name: None if v is None else len(v) for name, v in tokens.ids.items()}
+            _finish(staging, folder, tokens, counts)
     except OSError:
         pass
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, str]], *, total: int) -> Tokens:
+    """Encode (split, text) pieces into the store, one piece in memory at a time, and return the entry."""
+    dtype, unknown_ids = _dtype(tokenizer), np.asarray(tokenizer.unknown_ids, dtype=np.int64)
+    digest, unknown = hashlib.sha256(), 0
+    counts: dict = {name: None for name in SPLITS}
+    try:
+        with _building(folder) as staging:
+            files = {}
+            try:
+                for split, text in texts:
+                    ids = tokenizer.encode(text)
+                    if split == "train":
+                        digest.update(ids.tobytes())
+                        unknown += int(np.isin(ids, unknown_ids).sum())
+                    if split not in files:
+                        files[split], counts[split] = open(staging / f"{split}.bin", "wb"), 0
+                    files[split].write(ids.astype(dtype).tobytes())
+                    counts[split] += len(ids)
+            finally:
+                for f in files.values():
+                    f.close()
+            for split, count in counts.items():
+                if split != "train" and count is not None and count < 2:
+                    raise RnnlabError(f"the {split} text holds {count} tokens; give more text or a larger "
+                                      f"--valid-fraction")
+            tokens = Tokens(tokenizer, {}, False, digest.hexdigest(), unknown / max(counts["train"] or 0, 1), key)
+            _finish(staging, folder, tokens, counts)
+    except OSError as e:
+        raise RnnlabError(f"cannot write the token store {folder}: {e.strerror}; free some space or set "
+                          f"RNNLAB_CACHE to a larger disk") from None
+    stored = _read(folder, key)
+    if stored is None:
+        raise RnnlabError(f"the token store {folder} did not read back; delete it and run again")
+    stored.cached = False
+    return stored
+
+
+class _building:
+    """A staging folder beside `folder`, renamed into place by `_finish`; removed if the build fails.
+    When another run finished the same entry first, that one is kept (it may be being read)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __enter__(self) -> Path:
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = staging_dir(self.folder.parent, f".{self.folder.name[:12]}-")
+        return self.staging
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _finish(staging: Path, folder: Path, tokens: Tokens, counts: dict) -> None:
+    (staging / "tokenizer.json").write_text(json.dumps(tokens.tokenizer.to_dict(), ensure_ascii=False),
+                                            encoding="utf-8")
+    (staging / "meta.json").write_text(json.dumps(_meta(tokens, counts)), encoding="utf-8")
+    if _read(folder, folder.name) is None:  # else another run built it meanwhile: keep theirs (it may be in use)
+        replace_dir(staging, folder)
+
+
+def _check_space(parent: Path, needed: int, name: str) -> None:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(parent).free
+    except OSError as e:
+        raise RnnlabError(f"cannot create the token store under {parent}: {e.strerror}; set RNNLAB_CACHE") from None
+    if free < needed:
+        raise RnnlabError(f"the token store of {name} needs up to {needed / 1e9:,.1f} GB and {parent} has "
+                          f"{free / 1e9:,.1f} GB free; free some space or set RNNLAB_CACHE to a larger disk")
+
+
+def _texts(stream: TextStream, only: str | None, progress: bool, what: str):
+    """The stream's (split, text) pieces (`only` that split, as text alone), with a progress bar in bytes."""
+    total = stream.size()
+    with tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not progress, file=sys.stderr,
+              leave=False) as bar:
+        for split, text in stream.texts():
+            bar.update(len(text))
+            if only is None:
+                yield split, text
+            elif split != only:
+                return  # the splits come in order: train, valid, test
+            else:
+                yield text

@@ -56,9 +56,9 @@ class CharTokenizer:
             self._lut[ord(c)] = i
 
     @classmethod
-    def fit(cls, text: str) -> CharTokenizer:
+    def fit(cls, text: str | Iterable[str]) -> CharTokenizer:
         seen = np.zeros(0x110000, dtype=bool)
-        for block in blocks(text):
+        for block in pieces(text):
             seen[_code_points(block)] = True
         return cls([UNK, *map(chr, np.flatnonzero(seen))])
 
@@ -104,6 +104,7 @@ _PIECE_RE = re.compile(r"(\s*)(\w+(?:['\u2019]\w+)*|[^\w\s])")
 SPACE = "\u2581"          # "▁": a token that begins with it stands for a space and the rest (sentencepiece's mark)
 SPACED_UNK = SPACE + UNK  # an unknown word after a space: decoding keeps the space
 SPLITS = ("exact", "words", "whitespace")
+MAX_TYPES = 4_000_000  # distinct tokens a word count keeps before it drops the rarest
 _NO_SPACE_BEFORE = set(".,;:!?)]}%") | {"'s", "n't", "'re", "'ve", "'ll", "'d", "'m", "..."}
 _NO_SPACE_AFTER = set("([{$#")
 
@@ -152,13 +153,19 @@ class WordTokenizer:
                     yield EOS
 
     @classmethod
-    def fit(cls, text: str, *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
+    def fit(cls, text: str | Iterable[str], *, max_vocab: int = 20_000, min_freq: int = 1, lowercase: bool = False,
             split: str = "exact") -> WordTokenizer:
-        """Keep the `max_vocab` most frequent tokens (specials included) seen at least `min_freq` times."""
+        """Keep the `max_vocab` most frequent tokens (specials included) seen at least `min_freq` times. `text`
+        may be pieces that end at line ends (a stream): the count is all that is kept. Past MAX_TYPES
+        distinct tokens the rarest are dropped from the count (so a 10 GB corpus needs no 10 GB of counts)."""
         if max_vocab < 3:
             raise RnnlabError(f"--max-vocab must be at least 3 (<unk>, <eos> and one word), got {max_vocab}")
         probe = cls([UNK, EOS], lowercase=lowercase, split=split)
-        counts = Counter(probe.tokens(text))
+        counts, floor = Counter(), 1
+        for piece in pieces(text):
+            counts.update(probe.tokens(piece))
+            if len(counts) > MAX_TYPES:
+                counts, floor = Counter({tok: n for tok, n in counts.items() if n > floor}), floor + 1
         counts.pop(UNK, None)
         counts.pop(EOS, None)
         documents = [EOD] if counts.pop(EOD, 0) else []  # kept whatever its count: it marks the documents
@@ -219,7 +226,7 @@ class BPETokenizer:
         self.vocab = [backend.id_to_token(i) for i in range(backend.get_vocab_size())]
 
     @classmethod
-    def fit(cls, text: str, *, vocab_size: int = 4096) -> BPETokenizer:
+    def fit(cls, text: str | Iterable[str], *, vocab_size: int = 4096) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         if vocab_size < 257:
             raise RnnlabError(f"--vocab-size must be at least 257 for byte-level BPE (256 bytes + merges), got {vocab_size}")
@@ -228,7 +235,8 @@ class BPETokenizer:
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        backend.train_from_iterator(blocks(text, 1 << 16), trainer=trainer)
+        backend.train_from_iterator((block for piece in pieces(text) for block in blocks(piece, 1 << 16)),
+                                    trainer=trainer)
         return cls(backend)
 
     @property
@@ -271,6 +279,11 @@ def blocks(text: str, size: int = 1 << 20) -> Iterator[str]:
         end = len(text) if end == -1 else end + 1
         yield text[start:end]
         start = end
+
+
+def pieces(text: str | Iterable[str]) -> Iterable[str]:
+    """A text as blocks of whole lines; pieces of a stream as they come (they end at line ends already)."""
+    return blocks(text) if isinstance(text, str) else text
 
 
 def _spaced(token: str) -> bool:
@@ -345,9 +358,10 @@ class Detokenizer:
         return (" " if space else "") + piece
 
 
-def build_tokenizer(level: str, train_text: str, *, max_vocab: int = 20_000, min_freq: int = 1,
+def build_tokenizer(level: str, train_text: str | Iterable[str], *, max_vocab: int = 20_000, min_freq: int = 1,
                     lowercase: bool = False, pretokenized: bool = False):
-    """Fit a tokenizer on the training split only. For bpe, `max_vocab` is the BPE vocabulary size."""
+    """Fit a tokenizer on the training split only (its text, or its pieces when streamed). For bpe, `max_vocab`
+    is the BPE vocabulary size."""
     if level == "bpe":
         return BPETokenizer.fit(train_text, vocab_size=max_vocab)
     if level == "char":

@@ -40,7 +40,7 @@ def dynamic_stream_loss(net: torch.nn.Module, ids: np.ndarray, *, lr: float, dec
     model = copy.deepcopy(net).to(device).eval()      # dropout off; the caller's network is left as it is
     params = [p for p in model.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
-    data = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)[None]   # (1, N)
+    data = torch.as_tensor(np.asarray(ids, dtype=np.int64), dtype=torch.long, device=device)[None]   # (1, N)
     total, count, hidden = 0.0, 0, None
     for start in range(0, data.size(1) - 1, segment):
         x = data[:, start:start + segment]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rnnlab.data.corpus import NAMED, Corpus, load_corpus, read_sources
-from rnnlab.data.tokencache import ids_sha256
+from rnnlab.data.streaming import TextStream
+from rnnlab.data.tokencache import encode_stream, ids_sha256
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.lm import TextModel
 from rnnlab.inference.loading import load
+from rnnlab.inference.metrics import summarize
 from rnnlab.models import checkpoint
 
 
@@ -59,13 +61,27 @@ def _evaluate_own_corpus(lm: TextModel, split: str, progress: bool, dynamic: dic
     saved = checkpoint.recorded_corpus(lm.config, lm.path or Path("."))
     options = {k: saved[k] for k in ("valid", "test", "valid_fraction", "glob", "encoding", "pretokenized")
                if saved.get(k) is not None}
-    corpus = load_corpus(saved["sources"], progress=progress, documents=saved.get("documents", False), **options)
     expected = saved.get("train_sha256")
+    if saved.get("stream"):  # trained from the token store: scored from it, the text never in memory
+        if dynamic is not None:
+            raise RnnlabError("dynamic evaluation reads its text in memory; pass a held-out file to evaluate on")
+        tokens = encode_stream(TextStream(tuple(saved["sources"]), **options), {}, tokenizer=lm.tokenizer,
+                               known=saved.get("store"), progress=progress)
+        if expected and tokens.train_sha256 != expected:
+            raise _changed(saved, lm)
+        if tokens.ids[split] is None or len(tokens.ids[split]) < 2:
+            raise RnnlabError(f"the corpus of {lm.path or 'the model'} has no {split} split; pass --{split} FILE")
+        return summarize(*lm.stream_loss(tokens.ids[split]))
+    corpus = load_corpus(saved["sources"], progress=progress, documents=saved.get("documents", False), **options)
     if expected and ids_sha256(lm.tokenizer.encode(corpus.train)) != expected:
-        raise RnnlabError(f"the corpus at {', '.join(saved['sources'])} is not the text {lm.path or 'the model'} was "
-                          f"trained on (it changed, or a relative path now points elsewhere); pass the corpus to "
-                          f"evaluate on")
+        raise _changed(saved, lm)
     return lm.evaluate(_split_text(corpus, split), dynamic=dynamic)
+
+
+def _changed(saved: dict, lm: TextModel) -> RnnlabError:
+    return RnnlabError(f"the corpus at {', '.join(saved['sources'])} is not the text {lm.path or 'the model'} was "
+                       f"trained on (it changed, or a relative path now points elsewhere); pass the corpus to "
+                       f"evaluate on")
 
 
 def _split_text(corpus: Corpus, split: str) -> str:

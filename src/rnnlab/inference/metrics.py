@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from rnnlab.data.batching import batchify, windows
+from rnnlab.data.batching import Streams, windows
 from rnnlab.errors import RnnlabError
 from rnnlab.models.rnnlm import detach, evaluating
 
@@ -24,11 +24,10 @@ def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
 
     `shard=(rank, world)` keeps only that rank's share of the streams (distributed validation:
     the sums of all ranks add up to the whole)."""
-    data = batchify(ids, batch_size)
-    if data.size(1) < 2:
+    if len(ids) < 2 * batch_size:
         raise RnnlabError(f"the evaluation text has {len(ids)} tokens, too few for {batch_size} streams")
     rank, world = shard
-    data = data[rank * batch_size // world:(rank + 1) * batch_size // world].to(device)
+    data = Streams(ids, batch_size, slice(rank * batch_size // world, (rank + 1) * batch_size // world), device)
     total, count, hidden = torch.zeros((), dtype=torch.float64, device=device), 0, None
     with evaluating(net):
         for _, x, y in windows(data, chunk):
@@ -43,7 +42,7 @@ def stream_sums(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, batch_s
 def token_log_probs(net: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, chunk: int = 256,
                     device: str | torch.device = "cpu") -> np.ndarray:
     """(n - 1,) natural-log p(x_t | x_1..x_{t-1}) for t = 2..n: one stream, the state carried through it."""
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).to(device)
+    ids = torch.as_tensor(np.asarray(ids, dtype=np.int64), dtype=torch.long).to(device)
     if len(ids) < 2:
         raise RnnlabError(f"the text has {len(ids)} tokens; at least 2 are needed to score one")
     out, hidden = [], None

@@ -112,6 +112,8 @@ class DataConfig:
                                    "vocabulary size (default: 4096)", metavar="N", aliases=("--vocab-size",))
     min_freq: int | None = option(None, "word level: drop words seen fewer times (default: 1)", metavar="N")
     lowercase: bool | None = option(None, "word level: lowercase the text")
+    stream: bool | None = option(None, "read the corpus a block at a time into the token store on disk and train "
+                                 "from its memory map (default: for corpora over 256 MB)")
     cache: bool = option(True, "tokenise the corpus again instead of reading (and writing) the token cache in "
                          "$RNNLAB_CACHE (default ~/.cache/rnnlab/tokens)", flag="--no-cache", negate=True)
 

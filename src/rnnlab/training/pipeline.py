@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rnnlab.data import tokencache
 from rnnlab.data.corpus import Corpus, load_corpus
+from rnnlab.data.streaming import TextStream, wants_stream
 from rnnlab.data.tokenizers import build_tokenizer, tokenizer_from_dict
 from rnnlab.devices import pick_device
 from rnnlab.errors import RnnlabError, RnnlabWarning
@@ -101,13 +102,19 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     elif keep_vocab or extend_vocab:
         raise RnnlabError("--keep-vocab and --extend-vocab go with --init-from MODEL")
     corpus = read_corpus(corpus, run.data, saved, progress)
+    if isinstance(corpus, TextStream) and (parent is not None or run.baseline.model != "rnn"
+                                           or run.embedding.embedding == "word2vec"):
+        raise RnnlabError("fine-tuning, the baselines and word2vec read their corpus in memory; a streamed corpus "
+                          "(--stream, or over 256 MB) trains a new or resumed RNN only")
     if saved is not None:
         tokenizer = tokenizer_from_dict(checkpoint.read_tokenizer_dict(out))
     added = []
     if parent is not None:
         tokenizer, added = finetune.tokenizer_for(parent, corpus.train, keep_vocab=keep_vocab,
                                                   extend_vocab=extend_vocab, log=log)
-    tokenizer, ids, cached = tokenise(corpus, run.data, tokenizer, log)
+    tokens = tokenise(corpus, run.data, tokenizer, log, known=(saved or {}).get("corpus", {}).get("store"),
+                      progress=progress)
+    tokenizer, ids = tokens.tokenizer, tokens.ids
     if parent is not None:
         train_ids = ids["train"]  # tokens the model already knew: below its vocabulary size, and not <unk>
         known = (train_ids < parent.tokenizer.vocab_size) & ~np.isin(train_ids, tokenizer.unknown_ids)
@@ -116,8 +123,8 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
             f"new training tokens" + (f"; {len(added)} added" if added else ""))
 
     if run.baseline.model != "rnn":
-        return train_baseline(corpus, out, tokenizer, ids, run, overwrite=overwrite, command=command, log=log)
-    return train_rnn(corpus, out, tokenizer, ids, run, saved, cached=cached, overwrite=overwrite,
+        return train_baseline(corpus, out, tokens, run, overwrite=overwrite, command=command, log=log)
+    return train_rnn(corpus, out, tokens, run, saved, overwrite=overwrite,
                      progress=progress, command=command, log=log, parent=parent, on_metrics=on_metrics,
                      lineage=finetune.lineage(parent, added) if parent is not None else None)
 
@@ -169,61 +176,77 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
     corpus = saved["corpus"] if not corpus_given else {k: getattr(run.data, k) for k in _CORPUS_OPTIONS}
     run.data = DataConfig(**{k: tok.get(k) for k in _TOKENIZER_OPTIONS},
                           **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
-                          pretokenized=corpus.get("pretokenized"), cache=run.data.cache)
+                          pretokenized=corpus.get("pretokenized"), cache=run.data.cache,
+                          stream=saved["corpus"].get("stream") if not corpus_given else run.data.stream)
     return saved
 
 
-def read_corpus(corpus, data: DataConfig, saved: dict | None, progress: bool) -> Corpus:
+def read_corpus(corpus, data: DataConfig, saved: dict | None, progress: bool) -> Corpus | TextStream:
+    """The corpus in memory, or as a TextStream (streaming.py) when it is large or --stream says so."""
     if corpus is None and saved is not None:
         corpus = saved["corpus"]["sources"]
     if corpus is None:
         raise RnnlabError("no corpus given; pass a file, a folder, or a named corpus such as pydocs")
-    if isinstance(corpus, Corpus):
+    if isinstance(corpus, (Corpus, TextStream)):
         return corpus
+    sources = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
+    sources = [str(source) for source in sources]
+    if wants_stream(sources, data.glob or "*.txt", data.stream):
+        if not data.cache:
+            raise RnnlabError("a streamed corpus (--stream, or over 256 MB) is read from the token store; drop --no-cache")
+        options = {k: v for k, v in data.corpus_options().items() if v is not None}
+        return TextStream(tuple(sources), **options)
     # a run recorded before rnnlab marked the ends of files read its files run together
     documents = saved is None or saved["corpus"].get("documents", False)
     return load_corpus(corpus, progress=progress, documents=documents,
                        **{k: v for k, v in data.corpus_options().items() if v is not None})
 
 
-def tokenise(corpus: Corpus, data: DataConfig, tokenizer, log) -> tuple:
-    """(tokenizer, {split: ids}, whether they came from the cache). Tokenised corpora (PTB, WikiText-2)
-    are word-level unless told otherwise."""
+def tokenise(corpus: Corpus | TextStream, data: DataConfig, tokenizer, log, *, known: str | None = None,
+             progress: bool = True) -> tokencache.Tokens:
+    """The corpus tokenised (from the token store when it is there). Tokenised corpora (PTB, WikiText-2) are
+    word-level unless told otherwise. `known`: a resumed run's store entry."""
     level = data.level or ("word" if corpus.pretokenized else "char")
     settings = dict(level=level, **data.vocab_settings(level), pretokenized=corpus.pretokenized)
-    tokenizer, ids, cached = tokencache.encode_corpus(
-        corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings), tokenizer=tokenizer,
-        cache=data.cache, log=log)
-    unknown = float(np.mean(np.isin(ids["train"], tokenizer.unknown_ids)))
+    if isinstance(corpus, TextStream):
+        tokens = tokencache.encode_stream(corpus, settings, tokenizer=tokenizer, known=known, progress=progress,
+                                          log=log)
+    else:
+        tokens = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
+                                          tokenizer=tokenizer, cache=data.cache, log=log)
+    tokenizer, unknown = tokens.tokenizer, tokens.unknown_fraction
     if unknown > 0.5:
         vocab = data.vocab_settings(level)
         warnings.warn(f"{unknown:.0%} of the training tokens are <unk> (vocabulary {tokenizer.vocab_size:,}: --max-vocab "
                       f"{vocab['max_vocab']}, --min-freq {vocab['min_freq']}); a model that predicts <unk> well says "
                       f"little about the text: lower --min-freq or raise --max-vocab", RnnlabWarning, stacklevel=2)
-    return tokenizer, ids, cached
+    return tokens
 
 
-def default_out(corpus: Corpus, what: str) -> Path:
+def default_out(corpus: Corpus | TextStream, what: str) -> Path:
     return Path("runs") / f"{corpus.name.replace(', ', '+').replace('/', '_')}-{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_record(corpus: Corpus, tokenizer, ids: dict, data: DataConfig, command: str | None) -> dict:
+def run_record(corpus: Corpus | TextStream, tokens: tokencache.Tokens, data: DataConfig, command: str | None) -> dict:
     """What config.json records of the data: enough to find the corpus again and to check it is the same."""
-    train_ids, valid_ids, test_ids = ids["train"], ids["valid"], ids["test"]
+    train_ids, valid_ids, test_ids = tokens.ids["train"], tokens.ids["valid"], tokens.ids["test"]
+    streamed = isinstance(corpus, TextStream)
     return {
-        "tokenizer": {"level": tokenizer.kind, **data.vocab_settings(tokenizer.kind)},
-        "corpus": {"name": corpus.name, "sources": corpus.sources, "valid": data.valid, "test": data.test,
+        "tokenizer": {"level": tokens.tokenizer.kind, **data.vocab_settings(tokens.tokenizer.kind)},
+        "corpus": {"name": corpus.name, "sources": list(corpus.sources), "valid": data.valid, "test": data.test,
                    "valid_fraction": data.valid_fraction, "glob": data.glob, "encoding": data.encoding,
                    "pretokenized": corpus.pretokenized, "documents": True,
-                   "train_sha256": tokencache.ids_sha256(train_ids),
+                   **({"stream": True, "store": tokens.key} if streamed else {}),
+                   "train_sha256": tokens.train_sha256,
                    "train_tokens": len(train_ids), "valid_tokens": None if valid_ids is None else len(valid_ids),
                    "test_tokens": None if test_ids is None else len(test_ids)},
         "command": command or "",
     }
 
 
-def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, overwrite: bool, command, log):
+def train_baseline(corpus: Corpus, out, tokens: tokencache.Tokens, run: Options, *, overwrite: bool, command, log):
     from rnnlab.training.baselines import fit_baseline
+    tokenizer, ids = tokens.tokenizer, tokens.ids
     ModelConfig(vocab_size=tokenizer.vocab_size, **run.model)  # options given for an RNN are still checked
     train_config = TrainConfig(**run.train)
     run_dir = checkpoint.NewModelDir(Path(out or default_out(corpus, run.baseline.model)), overwrite=overwrite)
@@ -236,7 +259,7 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
     try:
         with reported_write_errors(run_dir.shown):
             model = fit_baseline(b.model, path, tokenizer, ids["train"], ids["valid"], ids["test"],
-                                 run_record(corpus, tokenizer, ids, run.data, command), states=b.states, order=b.order,
+                                 run_record(corpus, tokens, run.data, command), states=b.states, order=b.order,
                                  em_iterations=b.em_iterations, time_budget=train_config.time_budget,
                                  seed=train_config.seed, log=log)
             model.path = run_dir.publish()
@@ -245,10 +268,11 @@ def train_baseline(corpus: Corpus, out, tokenizer, ids: dict, run: Options, *, o
     return model
 
 
-def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: dict | None, *, cached: bool,
+def train_rnn(corpus: Corpus | TextStream, out, tokens: tokencache.Tokens, run: Options, saved: dict | None, *,
               overwrite: bool, progress: bool, command, log, parent: LanguageModel | None = None,
               lineage: dict | None = None, on_metrics=None) -> LanguageModel:
     """`parent`: the model a fine-tuning run starts from (and `lineage`, its record), or None."""
+    tokenizer, ids = tokens.tokenizer, tokens.ids
     # configs: a resumed run keeps its model and takes new loop settings (a longer --max-steps, say)
     if saved is not None:
         model_config = ModelConfig.from_dict(saved["model"])
@@ -258,7 +282,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
         model_config = ModelConfig(vocab_size=tokenizer.vocab_size, **run.model) if not run.embedding.pretrained \
             else None
         train_config = TrainConfig(**run.train)
-    record = run_record(corpus, tokenizer, ids, run.data, command or (saved or {}).get("command"))
+    record = run_record(corpus, tokens, run.data, command or (saved or {}).get("command"))
     if saved is not None and saved["corpus"].get("train_sha256") not in (None, record["corpus"]["train_sha256"]):
         raise RnnlabError(f"the corpus differs from the one {out} was trained on; resume with the same corpus")
     vectors = None
@@ -322,7 +346,7 @@ def train_rnn(corpus: Corpus, out, tokenizer, ids: dict, run: Options, saved: di
             _truncate_metrics(out / checkpoint.METRICS, trainer.step)
         log(f"resuming {out} from step {trainer.step} (epoch {trainer.epoch})")
     else:
-        _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out)
+        _log_start(log, corpus, tokens, model_config, train_config, net, device, out)
     if run_dir is not None and world.is_main:
         # a new run builds in a staging folder; its first checkpoint publishes it as `out` (NewModelDir)
         trainer.out, trainer.publish = run_dir.create(), run_dir.publish
@@ -397,7 +421,8 @@ def rnn_card(config: dict, lm: LanguageModel) -> str:
            f"vocabulary"] if config.get("init_from") else [])])
 
 
-def _log_start(log, corpus, tokenizer, ids, cached, model_config, train_config, net, device, out) -> None:
+def _log_start(log, corpus, tokens, model_config, train_config, net, device, out) -> None:
+    tokenizer, ids, cached = tokens.tokenizer, tokens.ids, tokens.cached
     count = {split: 0 if ids[split] is None else len(ids[split]) for split in ("train", "valid", "test")}
     log(f"corpus: {corpus.name} | {tokenizer.kind} level | vocab {tokenizer.vocab_size:,} | train {count['train']:,} "
         f"tokens | valid {count['valid']:,} | test {count['test']:,}{' | tokens from the cache' if cached else ''}")

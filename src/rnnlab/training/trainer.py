@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rnnlab.data.batching import batchify, num_windows, variable_length, windows
+from rnnlab.data.batching import Streams, num_windows, variable_length, windows
 from rnnlab.errors import RnnlabError
 from rnnlab.files import FILE_MODE, reported_write_errors
 from rnnlab.inference.lm import LanguageModel
@@ -115,13 +115,13 @@ class Trainer:
         if cfg.batch_size % world.size:
             raise RnnlabError(f"--batch-size {cfg.batch_size} does not split evenly over {world.size} processes; "
                               f"use a multiple of {world.size}")
-        data = batchify(train_ids, cfg.batch_size)                                    # (B, N): the global batch
-        if data.size(1) < 2:
+        if len(train_ids) < 2 * cfg.batch_size:
             raise RnnlabError(
                 f"the training split has {len(train_ids)} tokens, fewer than one batch needs "
                 f"(batch size {cfg.batch_size} x 2 = {2 * cfg.batch_size}); give more text or a smaller --batch-size")
-        self.rows = slice(world.rank * cfg.batch_size // world.size, (world.rank + 1) * cfg.batch_size // world.size)
-        self.train_data = data[self.rows].to(self.device)                             # (B / W, N): this rank's streams
+        # of the global batch's B streams, this rank's B / W
+        rows = slice(world.rank * cfg.batch_size // world.size, (world.rank + 1) * cfg.batch_size // world.size)
+        self.rows, self.train_data = rows, Streams(train_ids, cfg.batch_size, rows, self.device)
         self.valid_ids = valid_ids
         if valid_ids is not None and len(valid_ids) < 2 * cfg.eval_batch_size:
             self.cfg.eval_batch_size = max(1, len(valid_ids) // 2)
