@@ -48,8 +48,8 @@ def child(path: str, level: str) -> dict:
     settings = dict(level=level, max_vocab=4096 if level == "bpe" else 20_000, min_freq=1, lowercase=False,
                     pretokenized=False)
     t = time.perf_counter()
-    tokenizer, ids, _ = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
-                                              log=lambda m: None)
+    ids = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
+                                   log=lambda m: None).ids
     return {"read_s": read, "tokenise_s": time.perf_counter() - t, "tokens": len(ids["train"]) + len(ids["valid"]),
             "peak_mb": peak_mb(), "text_mb": base}
 

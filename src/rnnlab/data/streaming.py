@@ -6,7 +6,7 @@ training part (a count of characters or words, never the text), once to encode e
 the token store that training reads by memory map (tokencache.py).
 
     files, one at a time (corpus.iter_files: sorted, one folder listing in memory)
-      ──► ~8 MB blocks of bytes ──► decoded, CRLF -> LF ──► pieces that end at a newline
+      ──► 1 MB blocks of bytes ──► decoded, CRLF -> LF ──► pieces that end at a newline
       ──► train | valid | test
 
 The splits are the in-memory reader's (corpus.load_corpus) with one difference: a `--valid-fraction`
@@ -30,7 +30,7 @@ from rnnlab.data.tokenizers import END_OF_DOCUMENT
 from rnnlab.errors import RnnlabError
 
 STREAM_BYTES = 256 << 20   # corpora larger than this are streamed without being asked
-BLOCK_BYTES = 8 << 20      # bytes read at a time
+BLOCK_BYTES = 1 << 20      # bytes read at a time (larger blocks are slower: fresh pages for their ids each time)
 LONGEST_LINE = 64 << 20    # a "line" longer than this is cut at a space (word tokens never straddle a piece)
 _UTF8_LIKE = ("utf8", "ascii", "latin1", "cp1252", "iso88591")
 
@@ -177,7 +177,9 @@ def _decoded(path: Path, encoding: str, cut: int | None) -> Iterator[tuple[str, 
                     carry = ""
                     if text.endswith("\r") and data and len(parts) == 1:  # "\r\n" may straddle two blocks
                         text, carry = text[:-1], "\r"
-                    yield text.replace("\r\n", "\n").replace("\r", "\n"), len(parts) == 2 and i == 0
+                    if "\r" in text:
+                        text = text.replace("\r\n", "\n").replace("\r", "\n")
+                    yield text, len(parts) == 2 and i == 0
                     offset += len(part)
                 if cut is not None and len(parts) == 2:
                     cut = None

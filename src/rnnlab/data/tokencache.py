@@ -27,6 +27,7 @@ import hashlib
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -185,18 +186,26 @@ def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, 
     digest, unknown = hashlib.sha256(), 0
     counts: dict = {name: None for name in SPLITS}
     try:
-        with _building(folder) as staging:
-            files = {}
+        with _building(folder) as staging, ThreadPoolExecutor(1) as worker:
+            files, pending = {}, None
+
+            def store(split: str, ids: np.ndarray) -> None:  # hashing and writing release the GIL: a second core
+                if split == "train":
+                    digest.update(ids)
+                files[split].write(memoryview(ids.astype(dtype)))
             try:
                 for split, text in texts:
                     ids = tokenizer.encode(text)
                     if split == "train":
-                        digest.update(ids.tobytes())
                         unknown += int(np.isin(ids, unknown_ids).sum())
                     if split not in files:
                         files[split], counts[split] = open(staging / f"{split}.bin", "wb"), 0
-                    files[split].write(ids.astype(dtype).tobytes())
                     counts[split] += len(ids)
+                    if pending is not None:
+                        pending.result()  # in order, one block in flight
+                    pending = worker.submit(store, split, ids)
+                if pending is not None:
+                    pending.result()
             finally:
                 for f in files.values():
                     f.close()

@@ -1,0 +1,120 @@
+"""Corpora larger than memory: peak RSS of `rnnlab train` at 0.1, 1 and 5 GB of text, tokenising speed,
+and how soon the first step of a corpus whose token store exists begins.
+
+    .venv/bin/python benchmarks/big_corpus.py                      # 0.1, 1 and 5 GB (needs ~16 GB of disk)
+    .venv/bin/python benchmarks/big_corpus.py --gb 0.1,1 --steps 100
+
+Each corpus is the text of ../shared/data (Tiny Shakespeare, PTB, WikiText-2), its lines shuffled and
+repeated until the size asked for, written under --work (default: a temporary folder) and deleted at
+the end with its token store. For each size, in fresh processes (so that each peak RSS is its own):
+
+1. `rnnlab train CORPUS --level char --max-steps S --valid VALID`, an empty token cache: streams the
+   corpus into the store (fit a count of characters, then encode), then trains S steps;
+2. the same command again: the store exists; the time from the process's start to the first logged
+   step, and the peak RSS of a run whose tokens come from the memory map.
+
+The baseline, in the same run, is the in-memory reader (`--stream` off) on the smallest corpus only:
+it holds the text and its int64 ids, so its RSS grows with the corpus (about 14 bytes a character).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = ["tinyshakespeare/input.txt", "ptb/ptb.train.txt", "wikitext-2/train.txt"]
+RNNLAB = [sys.executable, "-m", "rnnlab"]
+
+
+def make_corpus(path: Path, size: int, seed: int = 0) -> None:
+    lines = [line for name in SOURCES for line in (DATA / name).read_text(encoding="utf-8").splitlines(True)]
+    rng, written = random.Random(seed), 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < size:
+            rng.shuffle(lines)
+            block = "".join(lines)[: size - written]
+            f.write(block)
+            written += len(block.encode("utf-8"))
+
+
+def run(args: list[str], env: dict, metrics: Path | None = None) -> dict:
+    """Run a command; its wall time, peak RSS (MB) and, with `metrics`, seconds until step 1 was logged."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        first_step = None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # the child's own rusage: its peak RSS
+            if pid:
+                break
+            if metrics is not None and first_step is None and metrics.is_file() and \
+                    '"step": 1,' in metrics.read_text():
+                first_step = time.perf_counter() - start
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        stderr = log.read()
+    if proc.returncode:
+        sys.exit(f"{' '.join(map(str, args))} failed:\n{stderr}")
+    return {"seconds": time.perf_counter() - start, "first_step_s": first_step, "stderr": stderr,
+            "peak_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", default="0.1,1,5")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--work", default=None, help="folder for the corpora and the cache (deleted at the end)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rnnlab-big-", dir=args.work))
+    try:
+        valid = work / "valid.txt"
+        valid.write_text((DATA / "tinyshakespeare/input.txt").read_text()[-100_000:])
+        train_args = ["--level", "char", "--max-steps", str(args.steps), "--valid", str(valid), "--log-every", "1",
+                      "--eval-every", "100000", "--hidden", "256", "--batch-size", "64", "--bptt", "64", "--quiet",
+                      "--overwrite"]
+        rows = []
+        for gb in (float(x) for x in args.gb.split(",")):
+            corpus = work / f"corpus-{gb}gb.txt"
+            t = time.perf_counter()
+            make_corpus(corpus, int(gb * 1e9))
+            made = time.perf_counter() - t
+            env = {**os.environ, "RNNLAB_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
+            out = work / "model"
+            first = run([*RNNLAB, "train", str(corpus), "--stream", "--out", str(out), *train_args], env)
+            second = run([*RNNLAB, "train", str(corpus), "--stream", "--out", str(work / "model2"), *train_args], env,
+                         metrics=work / "model2" / "metrics.jsonl")
+            shutil.rmtree(work / "model2")
+            # tokenising speed: the first run's time less the second's (same training, store built only in the first)
+            tokenise_s = first["seconds"] - second["seconds"]
+            row = {"gb": gb, "bytes": corpus.stat().st_size, "made_s": round(made, 1),
+                   "first_run_s": round(first["seconds"], 1), "first_run_peak_mb": round(first["peak_mb"]),
+                   "tokenise_mb_s": round(corpus.stat().st_size / 1e6 / tokenise_s, 1),
+                   "second_run_s": round(second["seconds"], 1), "second_run_peak_mb": round(second["peak_mb"]),
+                   "first_step_s": round(second["first_step_s"], 2)}
+            if gb == min(float(x) for x in args.gb.split(",")):
+                memory = run([*RNNLAB, "train", str(corpus), "--no-cache", "--out", str(out), *train_args], env)
+                row["in_memory_peak_mb"] = round(memory["peak_mb"])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            corpus.unlink()
+            shutil.rmtree(work / "cache", ignore_errors=True)
+        peaks = [r["second_run_peak_mb"] for r in rows]
+        print(f"peak RSS, store in place: {min(peaks)}-{max(peaks)} MB, max/min {max(peaks) / min(peaks):.2f}")
+        firsts = [r["first_run_peak_mb"] for r in rows]
+        print(f"peak RSS, building the store: {min(firsts)}-{max(firsts)} MB, max/min {max(firsts) / min(firsts):.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
