@@ -1,4 +1,6 @@
-"""DDP on the CPU: 2 processes (gloo on 127.0.0.1) take the same steps as 1 process with the same global batch."""
+"""DDP on the CPU, as a cluster runs it: two torchrun "nodes" on 127.0.0.1 (c10d rendezvous, gloo) take the
+same steps as 1 process with the same global batch; only global rank 0 writes; a node killed mid-run ends
+the job and --resume continues exactly; torchrun's elastic restarts resume by themselves."""
 
 import os
 import re
@@ -33,6 +35,18 @@ def torchrun(*args, nproc=2, **kwargs):
     return command
 
 
+def node(rank: int, port: int, *args, cwd, cache) -> subprocess.Popen:
+    """One of two torchrun "nodes" of one process each, meeting at a c10d rendezvous on 127.0.0.1:port,
+    with its own working directory and token cache (as another machine would have)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+               "--rdzv-id", "rnnlab-test", "--rdzv-conf", f"is_host={int(rank == 0)}", "-m", "rnnlab",
+               *map(str, args)]
+    cwd.mkdir(exist_ok=True)
+    return subprocess.Popen(command, cwd=cwd, env={**os.environ, "RNNLAB_CACHE": str(cache)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 @pytest.fixture(scope="session")  # session: xdist may interleave modules
 def corpus_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ddp") / "corpus.txt"
@@ -40,61 +54,77 @@ def corpus_file(tmp_path_factory):
     return path
 
 
-def test_two_processes_take_the_same_steps_as_one_with_the_same_global_batch(corpus_file, tmp_path):
-    double = subprocess.run(torchrun("train", corpus_file, "--out", tmp_path / "two", *ARGS), capture_output=True,
-                            text=True, timeout=300)
-    assert double.returncode == 0, double.stderr[-3000:]
+def test_two_nodes_take_the_same_steps_as_one_process_and_only_global_rank_0_writes(corpus_file, tmp_path):
+    port, homes = free_port(), [tmp_path / "node0", tmp_path / "node1"]
+    # the same command on both machines, --out relative: a rank that wrote would write into its own folder
+    nodes = [node(rank, port, "train", corpus_file, "--out", "two", *ARGS, cwd=homes[rank],
+                  cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
+    ends = [proc.communicate(timeout=300) for proc in nodes]
+    for proc, (_, stderr) in zip(nodes, ends):
+        assert proc.returncode == 0, stderr[-3000:]
+    written = [home for home in homes if (home / "two").exists()]
+    assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
+    two = written[0] / "two"
     single = cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
     assert single.returncode == 0, single.stderr
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two_metrics = metrics(tmp_path / "one"), metrics(two)
     train_one = {r["step"]: r["train_loss"] for r in one if "train_loss" in r}
-    train_two = {r["step"]: r["train_loss"] for r in two if "train_loss" in r}
+    train_two = {r["step"]: r["train_loss"] for r in two_metrics if "train_loss" in r}
     assert sorted(train_two) == list(range(1, 31))        # only rank 0 writes: each step once
     for step in train_one:
         assert train_two[step] == pytest.approx(train_one[step], abs=1e-5), step
     valid_one = [r["valid_loss"] for r in one if "valid_loss" in r]
-    valid_two = [r["valid_loss"] for r in two if "valid_loss" in r]
+    valid_two = [r["valid_loss"] for r in two_metrics if "valid_loss" in r]
     assert valid_two == pytest.approx(valid_one, abs=1e-5)
     # the checkpoint of the 2-process run loads and generates in a single process
-    lm = rnnlab.load(tmp_path / "two")
+    lm = rnnlab.load(two)
     assert lm.generate("the ", length=30, seed=1).startswith("the ")
 
     # and resumes in one process, saying what that changes (one test: a torchrun costs seconds of start-up)
-    result = cli("train", "--resume", tmp_path / "two", "--max-steps", "35")
+    result = cli("train", "--resume", two, "--max-steps", "35")
     assert result.returncode == 0, result.stderr
     assert "written by 2 process(es), this run has 1" in result.stderr
 
 
-def test_a_killed_rank_ends_the_job_and_resume_continues_exactly(corpus_file, tmp_path):
-    # with dropout, so that the per-rank random streams must come back too, and AWD-LSTM's regularisers, the
-    # weight average and variable windows (all composing with DDP and resume); a save every 4 steps. The
-    # schedule is constant, so the steps the run logged before the kill are the uninterrupted curve: the
-    # resumed run must retake them exactly (no third torchrun for a reference run)
-    args = [*ARGS, "--dropout", "0.1", "--dropout-input", "0.1", "--dropout-hidden", "0.1", "--weight-drop", "0.2",
-            "--ar", "1", "--tar", "1", "--ema", "0.9", "--variable-bptt", "--save-every", "4"]
-    out = tmp_path / "m"
-    long_args = [a if a != "30" else "100000" for a in args]
-    proc = subprocess.Popen(torchrun("train", corpus_file, "--out", out, *long_args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+# with dropout, so that the per-rank random streams must come back too, and AWD-LSTM's regularisers, the weight
+# average and variable windows (all composing with DDP and resume); a save every 4 steps. The schedule is
+# constant, so the steps a run logged before a kill are the uninterrupted curve: a resumed run must retake them
+# exactly (no third run for a reference)
+KILL_ARGS = [*[a if a != "30" else "100000" for a in ARGS], "--dropout", "0.1", "--dropout-input", "0.1",
+             "--dropout-hidden", "0.1", "--weight-drop", "0.2", "--ar", "1", "--tar", "1", "--ema", "0.9",
+             "--variable-bptt", "--save-every", "4"]
+
+
+def wait_past_a_save(out, proc, after: int = 9) -> None:
+    """Until the step after a save (9, 13, ...) is logged: a few steps lie between the checkpoint a resume
+    starts from and the last step logged, and the resumed run must retake them."""
     deadline = time.time() + 120
-    workers = []
-    while len(workers) < 2:
-        assert time.time() < deadline and proc.poll() is None
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(workers) == 2
-    # kill one rank just after the step following a save (9, 13, ...): a few steps lie between the
-    # checkpoint the resume starts from and the last step logged, and the resumed run must retake them
-    while (last := last_step(out)) < 9 or last % 4 != 1:
-        assert time.time() < deadline and proc.poll() is None
+    while (last := last_step(out)) < after or last % 4 != 1:
+        assert time.time() < deadline and proc.poll() is None, proc.poll()
         time.sleep(0.002)
-    os.kill(int(workers[-1]), signal.SIGKILL)
+
+
+def assert_retaken(before: dict, after: dict, start: int) -> None:
+    retaken = range(start + 1, max(before) + 1)
+    assert retaken  # at least one step taken twice: before the kill and after the resume
+    for step in retaken:
+        assert after[step] == pytest.approx(before[step], abs=1e-6), step
+
+
+def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exactly(corpus_file, tmp_path):
+    port, out = free_port(), tmp_path / "m"  # --out on storage both nodes share (a resume reads it on every rank)
+    nodes = [node(rank, port, "train", corpus_file, "--out", out, *KILL_ARGS, cwd=tmp_path / f"node{rank}",
+                  cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
     try:
-        _, stderr = proc.communicate(timeout=120)  # no hang: the job ends by itself
+        wait_past_a_save(out, nodes[0])
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # the whole machine: its agent and its worker
+        _, stderr = nodes[0].communicate(timeout=120)  # no hang: the other node ends by itself
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    assert proc.returncode != 0
-    assert "Signal 9" in stderr or "SIGKILL" in stderr or "lost contact" in stderr
+        for proc in nodes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert nodes[0].returncode != 0
+    assert "rank 0 of 2: lost contact with the other processes" in stderr and f"checkpoint is in {out}" in stderr
     before = train_losses(out)  # at least steps 1..9, as the uninterrupted run takes them
 
     # the last checkpoint (step 4 or later) continues as the uninterrupted run did, step for step
@@ -105,7 +135,27 @@ def test_a_killed_rank_ends_the_job_and_resume_continues_exactly(corpus_file, tm
     assert start >= 4
     after = train_losses(out)
     assert sorted(after) == list(range(1, max(before) + 3))
-    retaken = range(start + 1, max(before) + 1)
-    assert retaken  # at least one step taken twice: before the kill and after the resume
-    for step in retaken:
-        assert after[step] == pytest.approx(before[step], abs=1e-6), step
+    assert_retaken(before, after, start)
+
+
+def test_torchruns_elastic_restart_resumes_from_the_last_checkpoint_by_itself(corpus_file, tmp_path):
+    out = tmp_path / "m"
+    command = torchrun("train", corpus_file, "--out", out, *KILL_ARGS)
+    command[command.index("--nproc-per-node"):command.index("--nproc-per-node")] = ["--max-restarts", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_past_a_save(out, proc)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        before = train_losses(out)
+        os.kill(int(workers[-1]), signal.SIGKILL)  # one worker dies; the agent restarts both
+        # the restarted workers resume (metrics.jsonl is cut back to the checkpoint) and pass the kill
+        wait_past_a_save(out, proc, after=max(before) + 4)
+        after = train_losses(out)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    start = int(re.search(r"restart 1\): resuming .* from its last checkpoint[\s\S]*from step (\d+)", stderr).group(1))
+    assert start >= 4 and sorted(after)[:max(before)] == list(range(1, max(before) + 1))
+    assert_retaken(before, after, start)

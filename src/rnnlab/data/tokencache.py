@@ -197,7 +197,8 @@ def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, 
                 for split, text in texts:
                     ids = tokenizer.encode(text)
                     if split == "train":
-                        unknown += int(np.isin(ids, unknown_ids).sum())
+                        unknown += int(np.count_nonzero(ids == unknown_ids[0]) if len(unknown_ids) == 1
+                                       else np.isin(ids, unknown_ids).sum())
                     if split not in files:
                         files[split], counts[split] = open(staging / f"{split}.bin", "wb"), 0
                     counts[split] += len(ids)

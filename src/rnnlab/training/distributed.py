@@ -58,6 +58,14 @@ def init(device_name: str) -> World:
     return world
 
 
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted the workers of this job (--max-restarts)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
 def device_for(world: World, device: torch.device) -> torch.device:
     if world.active and device.type == "cuda":
         return torch.device("cuda", world.local_rank)

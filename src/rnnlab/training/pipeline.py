@@ -83,6 +83,12 @@ def train(corpus: str | list[str] | Corpus | None = None, out: str | Path | None
     training curve (metrics.jsonl) gets, e.g. `studies.plots.LiveCurves()` to watch it in a notebook.
     """
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    if resume is None and init_from is None and distributed.restart_count() and out is not None \
+            and (Path(out) / checkpoint.CONFIG).is_file():
+        # torchrun --max-restarts started this command again after a failure: continue, never start over
+        log(f"torchrun restarted the job (restart {distributed.restart_count()}): resuming {out} from its last "
+            f"checkpoint")
+        resume, out = out, None
     if preset is None and options.get("level") == "word" and resume is None and init_from is None \
             and options.get("model", "rnn") == "rnn" and not set(options) & RECIPE_OPTIONS:
         preset = WORD_DEFAULT  # a new word-level RNN given no recipe starts from the measured 5-minute one
