@@ -41,3 +41,13 @@ def test_streams_read_from_a_memory_map_equal_the_streams_in_memory(tmp_path, ro
         seen += y1.size(1)
     assert seen == 250 - 1 - 5
     assert torch.equal(in_memory.window(0, 3)[0], batchify(ids.astype(np.int64), 4)[rows][:, :3])
+
+
+def test_a_slice_of_a_memory_map_is_read_as_the_slice(tmp_path):
+    ids = np.arange(1000, dtype="<u2")
+    ids.tofile(tmp_path / "t.bin")
+    mapped = np.memmap(tmp_path / "t.bin", dtype="<u2", mode="r", shape=(1000,))
+    for part in (mapped[100:], mapped[:500], mapped[::2]):
+        streams = Streams(part, 2)
+        assert not streams.mapped and torch.equal(streams.window(0, 4)[0], batchify(np.asarray(part), 2)[:, :4])
+    assert Streams(mapped, 2).mapped

@@ -35,6 +35,18 @@ def torchrun(*args, nproc=2, **kwargs):
     return command
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a torchrun agent and the workers it started (each in a session of its own, so a process
+    group does not reach them): a machine that dies."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in children:
+        kill_tree(int(child))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def node(rank: int, port: int, *args, cwd, cache) -> subprocess.Popen:
     """One of two torchrun "nodes" of one process each, meeting at a c10d rendezvous on 127.0.0.1:port,
     with its own working directory and token cache (as another machine would have)."""
@@ -56,14 +68,16 @@ def corpus_file(tmp_path_factory):
 
 def test_two_nodes_take_the_same_steps_as_one_process_and_only_global_rank_0_writes(corpus_file, tmp_path):
     port, homes = free_port(), [tmp_path / "node0", tmp_path / "node1"]
-    # the same command on both machines, --out relative: a rank that wrote would write into its own folder
-    nodes = [node(rank, port, "train", corpus_file, "--out", "two", *ARGS, cwd=homes[rank],
+    # the same command on both machines, --out relative: a rank that wrote would write into its own folder. Each
+    # rank reads its rows of the token store's memory map (--stream); the single process reads the text in memory
+    nodes = [node(rank, port, "train", corpus_file, "--out", "two", "--stream", *ARGS, cwd=homes[rank],
                   cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
     ends = [proc.communicate(timeout=300) for proc in nodes]
     for proc, (_, stderr) in zip(nodes, ends):
         assert proc.returncode == 0, stderr[-3000:]
     written = [home for home in homes if (home / "two").exists()]
     assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
+    assert all(list((tmp_path / f"cache{rank}" / "tokens").glob("*/train.bin")) for rank in (0, 1))
     two = written[0] / "two"
     single = cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
     assert single.returncode == 0, single.stderr
@@ -117,12 +131,11 @@ def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exac
                   cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
     try:
         wait_past_a_save(out, nodes[0])
-        os.killpg(nodes[1].pid, signal.SIGKILL)  # the whole machine: its agent and its worker
+        kill_tree(nodes[1].pid)  # the whole machine: its agent and its worker
         _, stderr = nodes[0].communicate(timeout=120)  # no hang: the other node ends by itself
     finally:
         for proc in nodes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     assert nodes[0].returncode != 0
     assert "rank 0 of 2: lost contact with the other processes" in stderr and f"checkpoint is in {out}" in stderr
     before = train_losses(out)  # at least steps 1..9, as the uninterrupted run takes them
@@ -154,7 +167,7 @@ def test_torchruns_elastic_restart_resumes_from_the_last_checkpoint_by_itself(co
         wait_past_a_save(out, proc, after=max(before) + 4)
         after = train_losses(out)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         _, stderr = proc.communicate(timeout=60)
     start = int(re.search(r"restart 1\): resuming .* from its last checkpoint[\s\S]*from step (\d+)", stderr).group(1))
     assert start >= 4 and sorted(after)[:max(before)] == list(range(1, max(before) + 1))

@@ -21,6 +21,7 @@ maps its train.bin anew for each batch for the same reason). A DDP rank reads on
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Callable, Iterator
 
@@ -44,7 +45,9 @@ class Streams:
         self.columns = len(ids) // batch_size
         self.rows = range(batch_size)[rows]
         self.device = torch.device(device)
-        self.mapped = isinstance(ids, np.memmap) and ids.filename is not None
+        # a map of a whole file (a slice of one keeps its parent's offset: read in memory instead)
+        self.mapped = isinstance(ids, np.memmap) and ids.filename is not None and ids.flags.c_contiguous \
+            and os.path.getsize(ids.filename) == ids.offset + ids.nbytes
         if self.mapped:  # the file, not the map: a window maps it anew
             self.file, self.dtype, self.offset, self.length = ids.filename, ids.dtype, ids.offset, len(ids)
             self.starts = np.asarray(self.rows, dtype=np.int64)[:, None] * self.columns   # (rows, 1)

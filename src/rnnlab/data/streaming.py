@@ -64,16 +64,15 @@ class TextStream:
             if source is not None:
                 yield from iter_files(source, self.glob)
 
-    def fingerprint(self) -> tuple[str, int]:
-        """(sha256 of the options and every file's path, size and modification time; bytes of training files)."""
+    def fingerprint(self) -> str:
+        """sha256 of the options and of every file's path, size and modification time: a stat per file."""
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        train_bytes = 0
         for split in ("train", "valid", "test"):
             for path in self.files(split):
                 stat = path.stat()
-                digest.update(f"{split}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-                train_bytes += stat.st_size if split == "train" else 0
-        return digest.hexdigest(), train_bytes
+                digest.update(f"{split}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n"
+                              .encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
 
     def size(self) -> int:
         """Bytes of text in all splits: an upper bound on the number of tokens."""
@@ -109,8 +108,8 @@ def wants_stream(sources: list[str], glob: str, asked: bool | None) -> bool:
 
 
 def _endings(paths: Iterator[Path]) -> Iterator[tuple[Path, int, str]]:
-    """(file, its bytes, what follows them) for every file in turn, as corpus.read_sources joins them: a file with text
-    ends with a newline and, where there are several files, with END_OF_DOCUMENT."""
+    """(file, its bytes, what follows them) for every file in turn, as corpus.read_sources joins them: a file
+    with text ends with a newline and, where there are several files, with END_OF_DOCUMENT."""
     paths = iter(paths)
     ahead = [path for path in (next(paths, None), next(paths, None)) if path is not None]
     several = len(ahead) > 1
@@ -121,7 +120,8 @@ def _endings(paths: Iterator[Path]) -> Iterator[tuple[Path, int, str]]:
             with open(path, "rb") as f:
                 f.seek(size - 1)
                 last = f.read(1)
-        yield path, size, ("" if not size or last in (b"\n", b"\r") else "\n") + (END_OF_DOCUMENT if several and size else "")
+        newline = "" if not size or last in (b"\n", b"\r") else "\n"
+        yield path, size, newline + (END_OF_DOCUMENT if several and size else "")
 
 
 def _documents(paths: Iterator[Path], encoding: str, cut: int | None) -> Iterator[tuple[bool, str]]:

@@ -77,8 +77,7 @@ def corpus_key(corpus: Corpus, settings: dict) -> str:
 
 
 def stream_key(stream: TextStream, settings: dict) -> str:
-    fingerprint, _ = stream.fingerprint()
-    return hashlib.sha256(json.dumps({"format": FORMAT, "stream": fingerprint, **settings},
+    return hashlib.sha256(json.dumps({"format": FORMAT, "stream": stream.fingerprint(), **settings},
                                      sort_keys=True).encode()).hexdigest()
 
 
@@ -120,12 +119,13 @@ def encode_stream(stream: TextStream, settings: dict, *, tokenizer=None, known: 
     if (hit := _read(entry_dir(key), key)) is not None:
         return hit
     size = stream.size()
-    _check_space(entry_dir(key).parent, size * (2 if settings.get("max_vocab", 0) <= 1 << 16 else 4), stream.name)
+    itemsize = _dtype(tokenizer).itemsize if tokenizer is not None else 2 if settings.get("max_vocab", 0) <= 1 << 16 else 4
+    _check_space(entry_dir(key).parent, size * itemsize, stream.name)  # at most a token a byte
     if tokenizer is None:
         log(f"fitting the {settings['level']} tokenizer on a count of the training text ({size / 1e6:,.0f} MB in all)")
         tokenizer = build_tokenizer(train_text=_texts(stream, "train", progress, "count"), **settings)
     log(f"tokenising {size / 1e6:,.0f} MB into the token store {entry_dir(key)}")
-    return _write_stream(entry_dir(key), key, tokenizer, _texts(stream, None, progress, "tokenise"), total=size)
+    return _write_stream(entry_dir(key), key, tokenizer, _texts(stream, None, progress, "tokenise"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def _write_from_memory(folder: Path, tokens: Tokens) -> None:
         pass
 
 
-def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, str]], *, total: int) -> Tokens:
+def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, str]]) -> Tokens:
     """Encode (split, text) pieces into the store, one piece in memory at a time, and return the entry."""
     dtype, unknown_ids = _dtype(tokenizer), np.asarray(tokenizer.unknown_ids, dtype=np.int64)
     digest, unknown = hashlib.sha256(), 0
