@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000      # a server already running
 
 Without --url it starts the server itself, in its own process (so that the clients do not share
-its GIL), on a free port. Each client is one connection that loops until the time is up: POST
+its GIL), on a free port, and reports its RSS at the start and the end of the load (a soak: memory
+that grows is a leak). The longest wait for a generation slot is the server's /healthz figure. Each client is one connection that loops until the time is up: POST
 /v1/generate with "stream": true, read to the "done" event. Requests still streaming when the
 time is up are read to the end and counted. Time to first token is from sending the request
 to the first generated token: the event after the prompt's echo.
@@ -25,7 +26,7 @@ import time
 import httpx
 
 SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
-          "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning'))")
+          "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2])))")
 
 
 async def one_completion(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
@@ -86,12 +87,23 @@ async def client_loop(url: str, body: dict, deadline: float, results: list, erro
                 errors.append(f"{type(e).__name__}: {e}")
 
 
-async def load(url: str, clients: int, seconds: float, body: dict) -> None:
+def rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+async def load(url: str, clients: int, seconds: float, body: dict, server_pid: int | None = None) -> None:
     results: list[tuple[float, int]] = []
     errors: list[str] = []
+    rss_start = rss_mb(server_pid)
     started = time.perf_counter()
     await asyncio.gather(*(client_loop(url, body, started + seconds, results, errors) for _ in range(clients)))
     elapsed = time.perf_counter() - started
+    rss_end = rss_mb(server_pid)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        health = (await client.get("/healthz")).json()
 
     print(f"clients   {clients} for {seconds:g} s, {body['max_tokens']} tokens per request, "
           f"prompt {body['prompt']!r}")
@@ -103,6 +115,11 @@ async def load(url: str, clients: int, seconds: float, body: dict) -> None:
               f"{tokens / elapsed:,.0f} tokens/s")
         print(f"ttft      p50 {1000 * statistics.median(ttft):.1f} ms, p99 {1000 * p99:.1f} ms")
     print(f"errors    {len(errors)}" + "".join(f"\n  {e}" for e in sorted(set(errors))[:5]))
+    print(f"queue     longest wait for a generation slot {health.get('longest_wait_s', float('nan')):.3f} s "
+          f"(server's /healthz)")
+    if rss_start is not None:
+        print(f"memory    server RSS {rss_start:.0f} MB at the start, {rss_end:.0f} MB at the end "
+              f"({rss_end / rss_start:.2f}x)")
 
 
 def main() -> None:
@@ -113,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="how long to keep starting requests (default: 15)")
     parser.add_argument("--max-tokens", type=int, default=200, help="tokens per request (default: 200)")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of every request (default: ROMEO:)")
+    parser.add_argument("--max-concurrent", type=int, default=8,
+                        help="the server's --max-concurrent, the engine's batch (default: 8)")
     parser.add_argument("--api", choices=["rnnlab", "openai"], default="rnnlab",
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
     args = parser.parse_args()
@@ -123,7 +142,8 @@ def main() -> None:
     server = None
     url = args.url
     if url is None:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent)],
+                                  stdout=subprocess.PIPE, text=True)
         banner = server.stdout.readline()  # "serving LanguageModel(...) on http://127.0.0.1:PORT/ ..."
         found = re.search(r"http://\S+?(?=/)", banner)
         if not found:
@@ -132,7 +152,7 @@ def main() -> None:
         url = found.group()
         print(f"server    {banner.split(' on ')[0].removeprefix('serving ')} at {url}")
     try:
-        asyncio.run(load(url, args.clients, args.seconds, body))
+        asyncio.run(load(url, args.clients, args.seconds, body, server.pid if server else None))
     finally:
         if server:
             server.terminate()

@@ -181,7 +181,8 @@ def test_model_card_shows_no_path_and_no_command_line(client, lm, tiny_model):
 
 
 def test_healthz_is_ok_and_idle(own_client):
-    assert health(own_client) == {"status": "ok", "active_generations": 0, "waiting": 0, "tokens_generated": 0}
+    assert health(own_client) == {"status": "ok", "active_generations": 0, "waiting": 0, "tokens_generated": 0,
+                                  "longest_wait_s": 0.0}
 
 
 def test_openapi_schema_documents_the_endpoints_and_this_servers_caps(client):
@@ -364,8 +365,9 @@ def test_at_most_max_concurrent_generations_run_and_the_others_wait_their_turn(l
                 time.sleep(0.005)
         for t in threads:
             t.join()
+        longest = health(httpx.Client(base_url=url))["longest_wait_s"]
     assert codes == [(200, 300)] * 6
-    assert peak == 2 and waited >= 1
+    assert peak == 2 and waited >= 1 and longest > 0  # 6 requests, 2 slots: someone waited, and it was timed
 
 
 def test_every_stream_shares_one_copy_of_the_arranged_weights(lm, monkeypatch):

@@ -23,6 +23,7 @@ changes a sampled token only if the draw falls within that rounding of a boundar
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import queue
 import threading
@@ -38,6 +39,10 @@ from rnnlab.models.rnnlm import evaluating
 from rnnlab.options import MAX_GENERATION_SEED, check_seed
 
 _DONE = object()
+# A streaming reader on an event loop takes what the engine made at most this often (after the first
+# token, which goes at once): 50 ms is below what a reader of the text notices, and with 32 streams it
+# cuts the writes, and the client's reads, 3-4 times (benchmarks/RESULTS.md, serving)
+FLUSH_SECONDS = 0.05
 
 
 @dataclass(eq=False)
@@ -55,6 +60,9 @@ class Stream:
     tokens: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: int = 0
+    ready: asyncio.Event | None = None            # for a reader on an event loop (next_tokens)
+    loop: asyncio.AbstractEventLoop | None = None
+    handed: float = 0.0                           # when next_tokens last returned (loop time)
 
     def cancel(self) -> None:
         """The reader is gone: the stream leaves the batch before the next step."""
@@ -66,10 +74,14 @@ class Stream:
                 raise item
             yield item
 
-    def take(self) -> list[int] | None:
-        """Every token ready now (waiting for the first): one hop for a reader on another thread,
-        however many steps the engine took meanwhile. None at the end."""
-        items = [self.tokens.get()]
+    def take(self, block: bool = True) -> list[int] | None:
+        """Every token ready now (waiting for the first, or with `block=False` returning [] when none is):
+        one hop for a reader on another thread, however many steps the engine took meanwhile. None at
+        the end."""
+        try:
+            items = [self.tokens.get(block=block)]
+        except queue.Empty:
+            return []
         while True:
             try:
                 items.append(self.tokens.get_nowait())
@@ -88,6 +100,20 @@ class Stream:
     def fail(self, error: BaseException) -> None:
         self.tokens.put(error)
         self.tokens.put(_DONE)
+
+    async def next_tokens(self, every: float = 0.0) -> list[int] | None:
+        """`take` for a reader on an asyncio event loop, without a thread: the tokens ready, or, when none
+        is, the wait for the engine's wake-up (one call onto the loop a step for all its streams). With
+        `every`, at most one batch per `every` seconds after the first: fewer, larger writes."""
+        if self.ready is None:  # before the first look: a token made from now on wakes this reader
+            self.ready, self.loop = asyncio.Event(), asyncio.get_running_loop()
+        elif (wait := self.handed + every - self.loop.time()) > 0:
+            await asyncio.sleep(wait)
+        while (items := self.take(block=False)) == []:
+            await self.ready.wait()
+            self.ready.clear()
+        self.handed = self.loop.time()
+        return items
 
 
 class Engine:
@@ -161,14 +187,17 @@ class Engine:
                             out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
                         except Exception as e:  # noqa: BLE001 — handed to its reader, who raises it
                             stream.fail(e)
+                            self._wake([stream])
                             continue
                         active.append((stream, stream.generator or torch.Generator().manual_seed(stream.seed)))
                         states.append(hidden)
                         logits.append(out[:, -1])
                     keep = [i for i, (stream, _) in enumerate(active)
                             if not stream.cancelled.is_set() and stream.made < stream.length]
-                    for i in set(range(len(active))) - set(keep):
-                        active[i][0].tokens.put(_DONE)
+                    ended = [active[i][0] for i in sorted(set(range(len(active))) - set(keep))]
+                    for stream in ended:
+                        stream.tokens.put(_DONE)
+                    self._wake(ended)
                     active, states, logits = ([x[i] for i in keep] for x in (active, states, logits))
                     if not active:
                         continue
@@ -177,7 +206,10 @@ class Engine:
                     except Exception as e:  # noqa: BLE001 — the batch's streams fail; the engine goes on
                         for stream, _ in active:
                             stream.fail(e)
+                        self._wake([stream for stream, _ in active])
                         active, states, logits = [], [], []
+                    else:
+                        self._wake([stream for stream, _ in active])
         except BaseException as e:  # noqa: BLE001 — handed to every reader, who raises it
             for stream in [*(s for s, _ in active), *admitted]:
                 stream.fail(e)
@@ -188,20 +220,42 @@ class Engine:
             with self.wake:
                 for stream in self.waiting:
                     stream.tokens.put(_DONE)
+                self._wake([*(s for s, _ in active), *admitted, *self.waiting])
+
+    @staticmethod
+    def _wake(streams: list[Stream]) -> None:
+        """Wake the asyncio readers (next_tokens) of these streams: one call onto each loop for all of them."""
+        by_loop: dict = {}
+        for stream in streams:
+            if stream.loop is not None:
+                by_loop.setdefault(stream.loop, []).append(stream.ready)
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, events)
+            except RuntimeError:  # the loop has closed: nobody is reading
+                pass
 
     def _step(self, stepper: Stepper, active: list, states: list, logits: list) -> tuple[list, list]:
         """Sample each stream's token (on the CPU, where its generator lives), hand them out, and take
         one batched step. Returns the new per-stream logits and states."""
-        rows = [logits[i].float().cpu() for i in range(len(active))]
-        chosen = []
-        for row, (stream, generator) in zip(rows, active):
+        rows = torch.cat(logits).float().cpu()                                 # (B, V)
+        tokens = torch.empty(len(active), dtype=torch.long)
+        plain = [i for i, (stream, _) in enumerate(active) if _plain(stream)]
+        if plain:  # next_token's Gumbel-max draw, batched: each row's noise from the row's own generator
+            noise = torch.empty(len(plain), rows.size(1))
+            for row, i in zip(noise, plain):
+                row.exponential_(generator=active[i][1])
+            temperature = torch.tensor([[active[i][0].sampling["temperature"]] for i in plain])
+            tokens[plain] = (rows[plain] / temperature - noise.log_()).argmax(dim=-1)
+        for i in sorted(set(range(len(active))) - set(plain)):  # the others, one by one
+            (stream, generator), row = active[i], rows[i:i + 1]
             presence, frequency = stream.penalties
             if stream.counts and (presence or frequency):
                 ids = torch.tensor(list(stream.counts))
                 row = row.clone()
                 row[0, ids] -= presence + frequency * torch.tensor(list(stream.counts.values()), dtype=row.dtype)
-            chosen.append(next_token(row, generator=generator, **stream.sampling))
-        tokens = torch.cat(chosen)
+            tokens[i] = next_token(row, generator=generator, **stream.sampling)[0]
+        rows = rows.split(1)
         for row, (stream, _), token in zip(rows, active, tokens.tolist()):
             if token == self.document:  # the stream ends here, as lm.stream does; it leaves at the next step
                 stream.finish, stream.made = "stop", stream.length
@@ -218,6 +272,18 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(active))
         batch_logits, batch_hidden = stepper(tokens.to(self.lm.device), _stack(states))
         return list(batch_logits.split(1)), _unstack(batch_hidden, len(active))
+
+
+def _plain(stream: Stream) -> bool:
+    """Sampled by next_token's Gumbel-max branch (no top-k/top-p, no penalty in play): batchable."""
+    s = stream.sampling
+    return (not s["greedy"] and s["top_k"] is None and s["top_p"] is None and s["temperature"] >= 1e-3
+            and not (stream.counts and any(stream.penalties)))
+
+
+def _set_all(events: list) -> None:
+    for event in events:
+        event.set()
 
 
 def _stack(states: list):

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from rnnlab.inference.engine import FLUSH_SECONDS
 from rnnlab.inference.lm import held_back
 from rnnlab.options import MAX_GENERATION_SEED
 
@@ -113,8 +114,9 @@ def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> N
         async def events() -> AsyncIterator[str]:
             try:
                 for i, choice in enumerate(choices):
-                    async for piece, logprobs in choice.pieces(slot, counters):
-                        yield _chunk({**head, "choices": [{"text": piece, "index": i, "logprobs": logprobs,
+                    async for released in choice.batches(slot, counters):  # what the engine made since the last
+                        yield _chunk({**head, "choices": [{"text": "".join(piece for piece, _ in released),
+                                                           "index": i, "logprobs": _joined(released),
                                                            "finish_reason": None}]})
                     yield _chunk({**head, "choices": [{"text": "", "index": i, "logprobs": None,
                                                        "finish_reason": choice.finish}]})
@@ -130,6 +132,14 @@ def add_routes(app: FastAPI, lm, engine, name: str, limits, slot, counters) -> N
 
 def _chunk(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
+
+
+def _joined(released: list[tuple[str, dict | None]]) -> dict | None:
+    """The logprobs of several pieces sent as one chunk: their lists end to end (OpenAI's shape)."""
+    parts = [logprobs for _, logprobs in released if logprobs is not None]
+    if not parts:
+        return None
+    return {key: [value for part in parts for value in part[key]] for key in parts[0]}
 
 
 def usage(choices) -> dict:
@@ -160,7 +170,7 @@ class Choice:
             self.stream.cancel()
 
     async def run(self, slot, counters, http) -> None:
-        async for _ in self.pieces(slot, counters):
+        async for _ in self.batches(slot, counters):
             if await http.is_disconnected():
                 return
 
@@ -183,7 +193,7 @@ class Choice:
             self.ids, length=r.max_tokens, seed=self.seed, generator=self.generator,
             presence_penalty=r.presence_penalty, frequency_penalty=r.frequency_penalty,
             logprobs=r.logprobs if r.logprobs else None, **sampling)
-        while (items := await run_in_threadpool(self.stream.take)) is not None:
+        while (items := await self.stream.next_tokens(every=FLUSH_SECONDS)) is not None:
             batch = []
             for item in items:
                 token, logprob, top = item if isinstance(item, tuple) else (item, None, None)
@@ -191,18 +201,20 @@ class Choice:
                 batch.append((self.detok(token), logprob, alternatives))
             yield batch
 
-    async def pieces(self, slot, counters) -> AsyncIterator[tuple[str, dict | None]]:
-        """(text, logprobs) per piece: the prompt first if echo, then each token's, up to a stop."""
+    async def batches(self, slot, counters) -> AsyncIterator[list[tuple[str, dict | None]]]:
+        """(text, logprobs) of the pieces released, one list for each batch of tokens the engine hands over
+        (one chunk on the wire, not one a token): the prompt first if echo, then the tokens', up to a stop."""
         r = self.request
         async with slot():
             if r.echo and self.prompt:
                 self.text += self.prompt
-                yield self.prompt, None
+                yield [(self.prompt, None)]
             stops = self.stops
             pending: list[tuple[str, float | None, dict | None]] = []   # pieces that may begin a stop string
             if not self.prompt and self.first:  # no prompt: the random start word begins the text (not counted)
                 pending.append((self.first, None, None))
             async for batch in self._tokens():
+                out = []
                 for entry in batch:
                     counters.tokens_generated += 1
                     self.completion_tokens += 1
@@ -217,7 +229,8 @@ class Choice:
                                 break
                             release.append((piece[:limit], lp, alt))
                             limit -= len(piece)
-                        for out in self._emit(release):
+                        out += self._emit(release)
+                        if out:
                             yield out
                         self.cancel()
                         return
@@ -227,10 +240,11 @@ class Choice:
                     while pending and len(held) - len(pending[0][0]) >= keep:
                         release.append(pending.pop(0))
                         held = held[len(release[-1][0]):]
-                    for out in self._emit(release):
-                        yield out
-            for out in self._emit(pending):
-                yield out
+                    out += self._emit(release)
+                if out:
+                    yield out
+            if tail := list(self._emit(pending)):
+                yield tail
             if self.stream is not None:
                 self.finish = self.stream.finish  # "stop" where the model ended its document
 

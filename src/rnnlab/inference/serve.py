@@ -16,8 +16,8 @@ How one model serves many clients at once:
                 (inference/engine.py: one worker thread steps every active stream as one batch,
                  each with its own state, settings and random generator)
                     │
-                    ▼  stream.take()   one hop into the thread pool collects every token made since
-    event loop ◄── pieces ──► JSON body, or one SSE event per piece (one write per hop)
+                    ▼  stream.next_tokens()   the engine wakes the loop once a step for all its streams
+    event loop ◄── pieces ──► JSON body, or the SSE events of every piece made since (one write)
 
 The event loop never runs the network, so a long generation does not hold up a short one. A
 client that hangs up cancels its stream, which leaves the batch at the next step. A baseline
@@ -51,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rnnlab.version import __version__
 from rnnlab.errors import RnnlabError, RnnlabWarning
-from rnnlab.inference.engine import Engine
+from rnnlab.inference.engine import FLUSH_SECONDS, Engine
 from rnnlab.inference.lm import LanguageModel, TextModel
 from rnnlab.inference.loading import load
 from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
@@ -112,6 +112,8 @@ class Health(BaseModel):
                                                 "server's max_concurrent)")
     waiting: int = Field(description="requests waiting for a generation slot")
     tokens_generated: int = Field(description="tokens generated since the server started")
+    longest_wait_s: float = Field(description="the longest any request has waited for a generation slot, in "
+                                              "seconds, since the server started")
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Counters:
     active_generations: int = 0
     waiting: int = 0
     tokens_generated: int = 0
+    longest_wait_s: float = 0.0
 
 
 def request_model(limits: Limits) -> type[BaseModel]:
@@ -232,10 +235,12 @@ async def generation_slot(counters: Counters, slots: asyncio.Semaphore):
     """Wait (counted as waiting) for one of the server's `max_concurrent` slots; hold it (counted as
     active) while the generation runs."""
     counters.waiting += 1
+    started = time.monotonic()
     try:
         await slots.acquire()
     finally:
         counters.waiting -= 1
+        counters.longest_wait_s = max(counters.longest_wait_s, time.monotonic() - started)
     counters.active_generations += 1
     try:
         yield
@@ -277,7 +282,7 @@ async def _engine_pieces(lm: TextModel, engine: Engine, options: dict, counters:
                            **{k: options[k] for k in ("temperature", "top_k", "top_p", "greedy")})
     try:
         yield [first]
-        while (tokens := await run_in_threadpool(stream.take)) is not None:
+        while (tokens := await stream.next_tokens(every=FLUSH_SECONDS)) is not None:
             counters.tokens_generated += len(tokens)
             yield [detok(token) for token in tokens]
     finally:
@@ -345,7 +350,7 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
     @app.get("/healthz")
     async def health() -> Health:
         return Health(active_generations=counters.active_generations, waiting=counters.waiting,
-                      tokens_generated=counters.tokens_generated)
+                      tokens_generated=counters.tokens_generated, longest_wait_s=round(counters.longest_wait_s, 3))
 
     @app.get("/v1/model")
     async def model_card() -> ModelCard:
