@@ -112,3 +112,29 @@ def test_a_request_that_fails_fails_alone_and_the_engine_goes_on(lm):
         engine.close()
     with pytest.raises(RnnlabError, match="engine has stopped"):
         engine.submit([1], length=1, seed=1)
+
+
+def test_readers_on_an_event_loop_get_the_same_tokens_at_most_every_interval(lm):
+    import asyncio
+    import time
+
+    async def read(stream, every: float) -> tuple[list[list[int]], float]:
+        batches, started = [], time.monotonic()
+        while (tokens := await stream.next_tokens(every=every)) is not None:
+            batches.append(tokens)
+        return batches, time.monotonic() - started
+
+    async def main(engine):  # 8 streams read at once on one loop, no thread per reader
+        prompt = lm.encode_prompt("ROMEO:")
+        streams = [engine.submit(prompt, length=300, seed=seed) for seed in range(8)]
+        return await asyncio.gather(*(read(s, every=0.05 if seed % 2 else 0.0) for seed, s in enumerate(streams)))
+
+    engine = Engine(lm, max_batch=8)
+    try:
+        results = asyncio.run(main(engine))
+    finally:
+        engine.close()
+    for seed, (batches, seconds) in enumerate(results):
+        assert lm.tokenizer.decode([t for b in batches for t in b]) == lm.generate("ROMEO:", length=300, seed=seed)[6:]
+        if seed % 2:  # the first batch at once, then at most one every 50 ms (and one for the end)
+            assert len(batches) <= seconds / 0.05 + 2, (len(batches), seconds)
