@@ -436,3 +436,27 @@ def test_a_served_model_of_many_files_stops_at_the_end_of_a_document(tmp_path):
             body = {"prompt": "ROMEO", "max_tokens": 300, "seed": seed}
             served = httpx.post(url + "/v1/generate", json=body, timeout=60).json()["text"]
             assert served == lm.generate("ROMEO", length=300, seed=seed) and "\x1e" not in served
+
+
+def test_a_process_manager_builds_the_app_from_the_environment(tiny_model, monkeypatch):
+    from rnnlab.inference.serve import app_from_env
+    monkeypatch.delenv("RNNLAB_MODEL", raising=False)
+    with pytest.raises(RnnlabError, match="set RNNLAB_MODEL"):
+        app_from_env()
+    monkeypatch.setenv("RNNLAB_MODEL", str(tiny_model))
+    monkeypatch.setenv("RNNLAB_MAX_CONCURRENT", "3")
+    with running(app_from_env()) as url:
+        model = httpx.get(url + "/v1/model").json()
+        text = httpx.post(url + "/v1/completions", json={"prompt": "A", "max_tokens": 5, "seed": 1}).json()
+    assert model["limits"]["max_concurrent"] == 3 and text["usage"]["completion_tokens"] == 5
+
+
+def test_connections_are_accepted_with_nagles_algorithm_off():
+    # asyncio turns TCP_NODELAY on only for sockets made with proto=IPPROTO_TCP, which bind's are not; without
+    # it each response on a kept-alive connection waited ~40 ms for the client's delayed ACK
+    import socket
+    from rnnlab.inference.serve import bind
+    with bind("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()[:2]):
+        connection, _ = listener.accept()
+        with connection:
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

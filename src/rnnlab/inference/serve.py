@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import sys
@@ -407,7 +408,12 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         raise RnnlabError(f"--port must be in 0..65535 (0: any free port), got {port}")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=128)
+        # accepted connections inherit it. asyncio sets it only on sockets made with proto=IPPROTO_TCP, which
+        # create_server's are not: without it, Nagle's algorithm and the client's delayed ACK held every
+        # response on a kept-alive connection (and every first token) back ~40 ms
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except OSError as e:
         raise RnnlabError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
                           f"choose another --port or --host") from None
@@ -446,6 +452,20 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *,
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def app_from_env() -> FastAPI:
+    """The app for a process manager that starts several workers on one port, each loading the model once:
+
+        RNNLAB_MODEL=runs/demo uvicorn --factory rnnlab.inference.serve:app_from_env --workers 2 --port 8000
+
+    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8)."""
+    model = os.environ.get("RNNLAB_MODEL")
+    if not model:
+        raise RnnlabError("set RNNLAB_MODEL to the model directory to serve")
+    limits = Limits(max_concurrent=int(os.environ.get("RNNLAB_MAX_CONCURRENT", Limits.max_concurrent)))
+    warnings.simplefilter("ignore", RnnlabWarning)
+    return create_app(load(model), limits)
 
 
 def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
