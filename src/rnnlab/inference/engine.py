@@ -165,9 +165,7 @@ class Engine:
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        active: list[tuple[Stream, torch.Generator]] = []
-        states: list = []             # per active stream: its hidden state, batch of one (nn layout)
-        logits: list[torch.Tensor] = []
+        batch = _Batch()
         admitted: list[Stream] = []
         net = self.lm.net
         try:
@@ -175,11 +173,11 @@ class Engine:
                 stepper = Stepper.of(net)
                 while True:
                     with self.wake:
-                        while not active and not self.waiting and not self.closed:
+                        while not batch.streams and not self.waiting and not self.closed:
                             self.wake.wait()
                         if self.closed:
                             break
-                        while self.waiting and len(active) + len(admitted) < self.max_batch:
+                        while self.waiting and len(batch.streams) + len(admitted) < self.max_batch:
                             admitted.append(self.waiting.popleft())
                     while admitted:  # prefill: the prompt in one fused call; a failure fails that stream only
                         stream = admitted.pop(0)
@@ -189,38 +187,37 @@ class Engine:
                             stream.fail(e)
                             self._wake([stream])
                             continue
-                        active.append((stream, stream.generator or torch.Generator().manual_seed(stream.seed)))
-                        states.append(hidden)
-                        logits.append(out[:, -1])
-                    keep = [i for i, (stream, _) in enumerate(active)
+                        batch.add(stream, stream.generator or torch.Generator().manual_seed(stream.seed), hidden,
+                                  out[:, -1])
+                    keep = [i for i, (stream, _) in enumerate(batch.streams)
                             if not stream.cancelled.is_set() and stream.made < stream.length]
-                    ended = [active[i][0] for i in sorted(set(range(len(active))) - set(keep))]
+                    ended = [batch.streams[i][0] for i in sorted(set(range(len(batch.streams))) - set(keep))]
                     for stream in ended:
                         stream.tokens.put(_DONE)
                     self._wake(ended)
-                    active, states, logits = ([x[i] for i in keep] for x in (active, states, logits))
-                    if not active:
+                    batch.keep(keep)
+                    if not batch.streams:
                         continue
                     try:
-                        logits, states = self._step(stepper, active, states, logits)
+                        batch.logits, batch.state = self._step(stepper, batch.streams, batch.state, batch.logits)
                     except Exception as e:  # noqa: BLE001 — the batch's streams fail; the engine goes on
-                        for stream, _ in active:
+                        for stream, _ in batch.streams:
                             stream.fail(e)
-                        self._wake([stream for stream, _ in active])
-                        active, states, logits = [], [], []
+                        self._wake([stream for stream, _ in batch.streams])
+                        batch.keep([])
                     else:
-                        self._wake([stream for stream, _ in active])
+                        self._wake([stream for stream, _ in batch.streams])
         except BaseException as e:  # noqa: BLE001 — handed to every reader, who raises it
-            for stream in [*(s for s, _ in active), *admitted]:
+            for stream in [*(s for s, _ in batch.streams), *admitted]:
                 stream.fail(e)
             raise
         finally:
-            for stream, _ in active:
+            for stream, _ in batch.streams:
                 stream.tokens.put(_DONE)
             with self.wake:
                 for stream in self.waiting:
                     stream.tokens.put(_DONE)
-                self._wake([*(s for s, _ in active), *admitted, *self.waiting])
+                self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
 
     @staticmethod
     def _wake(streams: list[Stream]) -> None:
@@ -235,10 +232,10 @@ class Engine:
             except RuntimeError:  # the loop has closed: nobody is reading
                 pass
 
-    def _step(self, stepper: Stepper, active: list, states: list, logits: list) -> tuple[list, list]:
+    def _step(self, stepper: Stepper, active: list, state, logits: torch.Tensor) -> tuple[torch.Tensor, object]:
         """Sample each stream's token (on the CPU, where its generator lives), hand them out, and take
-        one batched step. Returns the new per-stream logits and states."""
-        rows = torch.cat(logits).float().cpu()                                 # (B, V)
+        one batched step. Returns the batch's new logits (B, V) and state."""
+        rows = logits.float().cpu()                                            # (B, V)
         tokens = torch.empty(len(active), dtype=torch.long)
         plain = [i for i, (stream, _) in enumerate(active) if _plain(stream)]
         if plain:  # next_token's Gumbel-max draw, batched: each row's noise from the row's own generator
@@ -270,8 +267,7 @@ class Engine:
                 stream.tokens.put((token, lp[token].item(), dict(zip(top.indices.tolist(), top.values.tolist()))))
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(active))
-        batch_logits, batch_hidden = stepper(tokens.to(self.lm.device), _stack(states))
-        return list(batch_logits.split(1)), _unstack(batch_hidden, len(active))
+        return stepper(tokens.to(self.lm.device), state)
 
 
 def _plain(stream: Stream) -> bool:
@@ -286,13 +282,33 @@ def _set_all(events: list) -> None:
         event.set()
 
 
-def _stack(states: list):
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts, 1) for parts in zip(*states))
-    return torch.cat(states, 1)
+class _Batch:
+    """The active streams and their state as one batch (the state in nn.LSTM/GRU/RNN layout, the logits
+    (B, V)): rows are added when a stream joins and dropped when one leaves, not gathered every step."""
 
+    def __init__(self):
+        self.streams: list[tuple[Stream, torch.Generator]] = []
+        self.state = None
+        self.logits: torch.Tensor | None = None
 
-def _unstack(hidden, count: int) -> list:
-    if isinstance(hidden, tuple):
-        return list(zip(*(h.split(1, 1) for h in hidden)))
-    return list(hidden.split(1, 1))
+    def add(self, stream: Stream, generator: torch.Generator, hidden, logits: torch.Tensor) -> None:
+        self.streams.append((stream, generator))
+        if self.state is None:
+            self.state, self.logits = hidden, logits
+        elif isinstance(hidden, tuple):
+            self.state = tuple(torch.cat([a, b], 1) for a, b in zip(self.state, hidden))
+            self.logits = torch.cat([self.logits, logits])
+        else:
+            self.state, self.logits = torch.cat([self.state, hidden], 1), torch.cat([self.logits, logits])
+
+    def keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self.streams):
+            return
+        self.streams = [self.streams[i] for i in rows]
+        if not rows:
+            self.state = self.logits = None
+            return
+        index = torch.tensor(rows, device=self.logits.device)
+        self.logits = self.logits[index]
+        self.state = (tuple(part.index_select(1, index) for part in self.state) if isinstance(self.state, tuple)
+                      else self.state.index_select(1, index))
