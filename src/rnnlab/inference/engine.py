@@ -1,13 +1,15 @@
-"""A batched generation engine: many streams of one RNN stepped together (the first part of #16).
+"""A batched generation engine: many streams of one RNN stepped together.
 
 An RNN's state has a fixed size, so every active stream can take its next step in one batched
 call, with no cache growing with length. One worker thread owns the model:
 
     submit(prompt ids) ──► waiting (first come, first served) ──► admitted when a slot is free:
-                           its prompt read in one fused call ──► its state joins the batch
-    each step:  states of the active streams stacked ──► one batched step ──► each stream samples
-                its own token (its own settings and random generator) ──► tokens handed out;
-                a stream that is done, or cancelled by its reader, leaves the batch at once
+                           its prompt read in one fused call ──► its state joins the batch (a row)
+    each step:  the batch's logits ──► each stream samples its own token (its own settings and random
+                generator; the plain ones as one batch) ──► tokens handed out ──► one batched step;
+                a stream that is done, or cancelled by its reader, leaves the batch (its row) at once
+    readers:    an iterator on any thread, or `await stream.next_tokens()` on an event loop, which
+                the engine wakes once a step for all its streams (no thread hop a token)
 
     engine = Engine(rnnlab.load("runs/shakespeare"), max_batch=32)
     stream = engine.submit(lm.encode_prompt("ROMEO:"), length=200, seed=1, temperature=0.8)
