@@ -183,7 +183,7 @@ def reconcile_resume(out: Path, run: Options, *, corpus_given: bool) -> dict:
     run.data = DataConfig(**{k: tok.get(k) for k in _TOKENIZER_OPTIONS},
                           **{k: corpus.get(k) for k in _CORPUS_OPTIONS if k != "pretokenized"},
                           pretokenized=corpus.get("pretokenized"), cache=run.data.cache,
-                          stream=saved["corpus"].get("stream") if not corpus_given else run.data.stream)
+                          stream=saved["corpus"].get("stream", False) if not corpus_given else run.data.stream)
     return saved
 
 
