@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,38 @@ def test_a_store_that_cannot_fit_on_the_disk_is_refused_before_any_work(folder, 
     assert not list((tmp_path / "cache" / "tokens").iterdir())
 
 
-def test_two_builds_of_the_same_store_at_once_leave_one_good_entry(folder, tmp_path, monkeypatch):
+def test_two_runs_wanting_the_same_store_at_once_build_it_once(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    building, builds, build = threading.Event(), [], tokencache._build_stream
+
+    def slow_build(*args):  # the first build holds its lock a while; the second run arrives meanwhile
+        builds.append(1)
+        building.set()
+        time.sleep(0.5)
+        return build(*args)
+    monkeypatch.setattr(tokencache, "_build_stream", slow_build)
+    settings = dict(level="word", max_vocab=500, min_freq=1, lowercase=False, pretokenized=False)
+    results = []
+
+    def run():
+        results.append(tokencache.encode_stream(TextStream((str(folder),)), settings, progress=False))
+    first = threading.Thread(target=run)
+    first.start()
+    assert building.wait(30)
+    second = threading.Thread(target=run)
+    second.start()
+    first.join()
+    second.join()
+    assert len(builds) == 1 and len(results) == 2 and sorted(r.cached for r in results) == [False, True]
+    assert np.array_equal(results[0].ids["train"], results[1].ids["train"])
+    entries = [e for e in (tmp_path / "cache" / "tokens").iterdir() if not e.name.endswith(".lock")]
+    assert [e.name for e in entries] == [results[0].key]  # no staging folder left behind
+
+
+def test_without_a_lock_two_builds_at_once_leave_one_good_entry(folder, tmp_path, monkeypatch):
+    import contextlib
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tokencache, "_building_alone", lambda folder: contextlib.nullcontext())  # no flock here
     both_built, finish = threading.Barrier(2, timeout=60), tokencache._finish
 
     def finish_together(*args):  # each has written its own staging folder; now both publish at once
@@ -141,7 +172,7 @@ def test_two_builds_of_the_same_store_at_once_leave_one_good_entry(folder, tmp_p
         thread.join()
     assert len(results) == 2 and np.array_equal(results[0].ids["train"], results[1].ids["train"])
     entries = list((tmp_path / "cache" / "tokens").iterdir())
-    assert [e.name for e in entries] == [results[0].key]  # no staging folder left behind
+    assert [e.name for e in entries] == [results[0].key]  # one entry, no staging folder left behind
     assert tokencache._read(entries[0], entries[0].name) is not None
 
 

@@ -16,18 +16,21 @@ The settings are the fitting options (level, vocabulary cap, ...) of a tokenizer
 training split, or the tokenizer itself when one is given (a resumed run, a fine-tuning run). A
 stream is encoded without ever holding its text (streaming.py): the tokenizer is fitted on a
 count, and the ids are written block by block. Every entry is written into a staging folder and
-renamed into place, so a crash never leaves a half-written one, and two runs building the same
-entry at once each build their own and the first to finish is kept. An entry that does not read
+renamed into place, so a crash never leaves a half-written one. A stream's entry is built under a
+lock: the processes of a DDP job (or two runs) that want it at once build it once, the others wait
+and read it; where no lock can be taken, each builds its own and the first to finish is kept. An entry that does not read
 back as its meta.json says (damaged, or from another rnnlab) is a miss and is built again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -121,6 +124,13 @@ def encode_stream(stream: TextStream, settings: dict, *, tokenizer=None, known: 
     size = stream.size()
     itemsize = _dtype(tokenizer).itemsize if tokenizer is not None else 2 if settings.get("max_vocab", 0) <= 1 << 16 else 4
     _check_space(entry_dir(key).parent, size * itemsize, stream.name)  # at most a token a byte
+    with _building_alone(entry_dir(key)):  # the processes of one DDP job (or two runs) build it once
+        if (hit := _read(entry_dir(key), key)) is not None:
+            return hit
+        return _build_stream(stream, key, settings, tokenizer, size, progress, log)
+
+
+def _build_stream(stream: TextStream, key: str, settings: dict, tokenizer, size: int, progress: bool, log) -> Tokens:
     if tokenizer is None:
         log(f"fitting the {settings['level']} tokenizer on a count of the training text ({size / 1e6:,.0f} MB in all)")
         tokenizer = build_tokenizer(train_text=_texts(stream, "train", progress, "count"), **settings)
@@ -224,6 +234,25 @@ def _write_stream(folder: Path, key: str, tokenizer, texts: Iterable[tuple[str, 
         raise RnnlabError(f"the token store {folder} did not read back; delete it and run again")
     stored.cached = False
     return stored
+
+
+@contextmanager
+def _building_alone(folder: Path):
+    """Hold an exclusive lock (flock on `.<entry>.lock` beside it) while building a stream's entry: another
+    process that wants the same entry waits, then reads it. Where locks cannot be taken (a read-only or
+    exotic file system), each builds its own, as `_building` allows."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.parent / f".{folder.name}.lock", "a+b")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 class _building:
