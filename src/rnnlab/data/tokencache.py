@@ -14,12 +14,13 @@ split as a read-only `np.memmap`: nothing is read until a window is (batching.St
 
 The settings are the fitting options (level, vocabulary cap, ...) of a tokenizer fitted on the
 training split, or the tokenizer itself when one is given (a resumed run, a fine-tuning run). A
-stream is encoded without ever holding its text (streaming.py): the tokenizer is fitted on a
-count, and the ids are written block by block. Every entry is written into a staging folder and
-renamed into place, so a crash never leaves a half-written one. A stream's entry is built under a
-lock: the processes of a DDP job (or two runs) that want it at once build it once, the others wait
-and read it; where no lock can be taken, each builds its own and the first to finish is kept. An entry that does not read
-back as its meta.json says (damaged, or from another rnnlab) is a miss and is built again.
+stream is encoded without ever holding its text (streaming.py): the tokenizer is fitted on a count,
+and the ids are written block by block. Every entry is written into a staging folder and renamed
+into place, so a crash never leaves a half-written one. A stream's entry is built under a lock: the
+processes of a DDP job (or two runs) that want it at once build it once, the others wait and read
+it; where no lock can be taken, each builds its own and the first to finish is kept. An entry that
+does not read back as its meta.json says (damaged, or from another rnnlab) is a miss and is built
+again.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def encode_stream(stream: TextStream, settings: dict, *, tokenizer=None, known: 
     if (hit := _read(entry_dir(key), key)) is not None:
         return hit
     size = stream.size()
-    itemsize = _dtype(tokenizer).itemsize if tokenizer is not None else 2 if settings.get("max_vocab", 0) <= 1 << 16 else 4
+    wide = settings.get("max_vocab", 0) > 1 << 16
+    itemsize = _dtype(tokenizer).itemsize if tokenizer is not None else 4 if wide else 2
     _check_space(entry_dir(key).parent, size * itemsize, stream.name)  # at most a token a byte
     with _building_alone(entry_dir(key)):  # the processes of one DDP job (or two runs) build it once
         if (hit := _read(entry_dir(key), key)) is not None:

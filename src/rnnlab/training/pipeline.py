@@ -199,7 +199,8 @@ def read_corpus(corpus, data: DataConfig, saved: dict | None, progress: bool) ->
     sources = [str(source) for source in sources]
     if wants_stream(sources, data.glob or "*.txt", data.stream):
         if not data.cache:
-            raise RnnlabError("a streamed corpus (--stream, or over 256 MB) is read from the token store; drop --no-cache")
+            raise RnnlabError("a streamed corpus (--stream, or over 256 MB) is read from the token store; "
+                              "drop --no-cache")
         options = {k: v for k, v in data.corpus_options().items() if v is not None}
         return TextStream(tuple(sources), **options)
     # a run recorded before rnnlab marked the ends of files read its files run together
@@ -218,8 +219,9 @@ def tokenise(corpus: Corpus | TextStream, data: DataConfig, tokenizer, log, *, k
         tokens = tokencache.encode_stream(corpus, settings, tokenizer=tokenizer, known=known, progress=progress,
                                           log=log)
     else:
-        tokens = tokencache.encode_corpus(corpus, settings, lambda: build_tokenizer(train_text=corpus.train, **settings),
-                                          tokenizer=tokenizer, cache=data.cache, log=log)
+        def fit():  # only on a miss
+            return build_tokenizer(train_text=corpus.train, **settings)
+        tokens = tokencache.encode_corpus(corpus, settings, fit, tokenizer=tokenizer, cache=data.cache, log=log)
     tokenizer, unknown = tokens.tokenizer, tokens.unknown_fraction
     if unknown > 0.5:
         vocab = data.vocab_settings(level)
