@@ -65,9 +65,6 @@ class Streams:
         block = block.to(self.device)
         return block[:, :-1], block[:, 1:]
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
 
 def num_windows(data: Streams, bptt: int) -> int:
     return (data.columns - 1 + bptt - 1) // bptt

@@ -49,20 +49,39 @@ class Corpus:
 def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:
     """Bytes -> text with LF line ends; a clear RnnlabError for binary or mis-encoded input."""
     nul = data.find(b"\x00")
-    if nul != -1 and encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1", "cp1252"):
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise RnnlabError(f"{name} looks like UTF-16 text (it starts with a byte-order mark); pass --encoding utf-16")
-        raise RnnlabError(f"{name} looks like a binary file (NUL byte at offset {nul}); give a text file")
+    if nul != -1 and nul_means_binary(encoding):
+        raise binary_error(name, data[:2], nul)
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        raise RnnlabError(
-            f"{name} is not valid {encoding} (byte 0x{data[e.start]:02x} at offset {e.start}); "
-            f"pass --encoding, e.g. --encoding latin-1"
-        ) from None
+        raise encoding_error(name, encoding, data[e.start], e.start) from None
     except LookupError:
-        raise RnnlabError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+        raise unknown_encoding(encoding) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# The errors of reading text, shared by decode (a file in memory) and streaming (a file a block at a time)
+
+
+def nul_means_binary(encoding: str) -> bool:
+    """In these encodings no text has a NUL byte: one means the file is not text (or is UTF-16)."""
+    return encoding.replace("-", "").lower() in ("utf8", "ascii", "latin1", "cp1252")
+
+
+def binary_error(name: str, start: bytes, offset: int) -> RnnlabError:
+    """For a NUL byte at `offset` of a file that begins with `start`."""
+    if start[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return RnnlabError(f"{name} looks like UTF-16 text (it starts with a byte-order mark); pass --encoding utf-16")
+    return RnnlabError(f"{name} looks like a binary file (NUL byte at offset {offset}); give a text file")
+
+
+def encoding_error(name: str, encoding: str, byte: int, offset: int) -> RnnlabError:
+    return RnnlabError(f"{name} is not valid {encoding} (byte 0x{byte:02x} at offset {offset}); "
+                       f"pass --encoding, e.g. --encoding latin-1")
+
+
+def unknown_encoding(encoding: str) -> RnnlabError:
+    return RnnlabError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1")
 
 
 def read_file(path: Path, encoding: str = "utf-8") -> str:

@@ -25,14 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from rnnlab.data.corpus import NAMED, iter_files
+from rnnlab.data.corpus import NAMED, binary_error, encoding_error, iter_files, nul_means_binary, unknown_encoding
 from rnnlab.data.tokenizers import END_OF_DOCUMENT
 from rnnlab.errors import RnnlabError
 
 STREAM_BYTES = 256 << 20   # corpora larger than this are streamed without being asked
 BLOCK_BYTES = 1 << 20      # bytes read at a time (larger blocks are slower: fresh pages for their ids each time)
 LONGEST_LINE = 64 << 20    # a "line" longer than this is cut at a space (word tokens never straddle a piece)
-_UTF8_LIKE = ("utf8", "ascii", "latin1", "cp1252", "iso88591")
 
 
 @dataclass(frozen=True)
@@ -148,8 +147,8 @@ def _decoded(path: Path, encoding: str, cut: int | None) -> Iterator[tuple[str, 
     try:
         decoder = codecs.getincrementaldecoder(encoding)()
     except LookupError:
-        raise RnnlabError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
-    utf8_like = encoding.replace("-", "").replace("_", "").lower() in _UTF8_LIKE
+        raise unknown_encoding(encoding) from None
+    utf8_like = nul_means_binary(encoding)  # also: a byte-oriented encoding, where a cut needs no alignment
     carry, offset = "", 0
     try:
         with open(path, "rb") as f:
@@ -162,18 +161,13 @@ def _decoded(path: Path, encoding: str, cut: int | None) -> Iterator[tuple[str, 
                     parts = [data[:at], data[at:]]
                 for i, part in enumerate(parts):
                     if utf8_like and (nul := part.find(b"\x00")) != -1:
-                        if offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-                            raise RnnlabError(f"{path} looks like UTF-16 text (it starts with a byte-order mark); "
-                                              f"pass --encoding utf-16")
-                        raise RnnlabError(f"{path} looks like a binary file (NUL byte at offset {offset + nul}); "
-                                          f"give a text file")
+                        raise binary_error(str(path), data[:2] if offset == 0 else b"", offset + nul)
                     pending = len(decoder.getstate()[0])
                     try:
                         text = carry + decoder.decode(part, final=not data)
                     except UnicodeDecodeError as e:
-                        at = offset - pending + e.start
-                        raise RnnlabError(f"{path} is not valid {encoding} (byte 0x{e.object[e.start]:02x} at offset "
-                                          f"{max(at, 0)}); pass --encoding, e.g. --encoding latin-1") from None
+                        raise encoding_error(str(path), encoding, e.object[e.start],
+                                             max(offset - pending + e.start, 0)) from None
                     carry = ""
                     if text.endswith("\r") and data and len(parts) == 1:  # "\r\n" may straddle two blocks
                         text, carry = text[:-1], "\r"

@@ -135,9 +135,9 @@ def encode_stream(stream: TextStream, settings: dict, *, tokenizer=None, known: 
 def _build_stream(stream: TextStream, key: str, settings: dict, tokenizer, size: int, progress: bool, log) -> Tokens:
     if tokenizer is None:
         log(f"fitting the {settings['level']} tokenizer on a count of the training text ({size / 1e6:,.0f} MB in all)")
-        tokenizer = build_tokenizer(train_text=_texts(stream, "train", progress, "count"), **settings)
+        tokenizer = build_tokenizer(train_text=_texts(stream, size, "train", progress, "count"), **settings)
     log(f"tokenising {size / 1e6:,.0f} MB into the token store {entry_dir(key)}")
-    return _write_stream(entry_dir(key), key, tokenizer, _texts(stream, None, progress, "tokenise"))
+    return _write_stream(entry_dir(key), key, tokenizer, _texts(stream, size, None, progress, "tokenise"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,9 +292,9 @@ def _check_space(parent: Path, needed: int, name: str) -> None:
                           f"{free / 1e9:,.1f} GB free; free some space or set RNNLAB_CACHE to a larger disk")
 
 
-def _texts(stream: TextStream, only: str | None, progress: bool, what: str):
-    """The stream's (split, text) pieces (`only` that split, as text alone), with a progress bar in bytes."""
-    total = stream.size()
+def _texts(stream: TextStream, total: int, only: str | None, progress: bool, what: str):
+    """The stream's (split, text) pieces (`only` that split, as text alone), with a progress bar over its
+    `total` bytes."""
     with tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not progress, file=sys.stderr,
               leave=False) as bar:
         for split, text in stream.texts():

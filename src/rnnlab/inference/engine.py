@@ -36,7 +36,7 @@ import torch
 
 from rnnlab.errors import RnnlabError
 from rnnlab.inference.lm import LanguageModel
-from rnnlab.inference.sampling import Stepper, check_sampling, next_token
+from rnnlab.inference.sampling import Stepper, check_sampling, gumbel_max, gumbel_sampled, next_token
 from rnnlab.models.rnnlm import evaluating
 from rnnlab.options import MAX_GENERATION_SEED, check_seed
 
@@ -245,7 +245,7 @@ class Engine:
             for row, i in zip(noise, plain):
                 row.exponential_(generator=active[i][1])
             temperature = torch.tensor([[active[i][0].sampling["temperature"]] for i in plain])
-            tokens[plain] = (rows[plain] / temperature - noise.log_()).argmax(dim=-1)
+            tokens[plain] = gumbel_max(rows[plain], temperature, noise)
         for i in sorted(set(range(len(active))) - set(plain)):  # the others, one by one
             (stream, generator), row = active[i], rows[i:i + 1]
             presence, frequency = stream.penalties
@@ -273,10 +273,8 @@ class Engine:
 
 
 def _plain(stream: Stream) -> bool:
-    """Sampled by next_token's Gumbel-max branch (no top-k/top-p, no penalty in play): batchable."""
-    s = stream.sampling
-    return (not s["greedy"] and s["top_k"] is None and s["top_p"] is None and s["temperature"] >= 1e-3
-            and not (stream.counts and any(stream.penalties)))
+    """Sampled by next_token's Gumbel-max branch, with no penalty in play: batchable."""
+    return gumbel_sampled(**stream.sampling) and not (stream.counts and any(stream.penalties))
 
 
 def _set_all(events: list) -> None:

@@ -81,6 +81,18 @@ def check_repetition(penalty: float = 1.0, window: int = 64, no_repeat_ngram: in
         raise RnnlabError(f"--no-repeat-ngram must be >= 0 (0: off), got {no_repeat_ngram}")
 
 
+def gumbel_sampled(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> bool:
+    """Whether next_token samples these settings by `gumbel_max` (no truncation of the distribution)."""
+    return not greedy and top_k is None and top_p is None and temperature >= 1e-3
+
+
+def gumbel_max(logits: torch.Tensor, temperature: float | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The Gumbel-max trick in its exponential form: argmax_i (logit_i / T - log E_i), E_i ~ Exp(1) (`noise`,
+    overwritten), is token i with probability softmax(logits / T)_i, in four small ops and no softmax. `T`
+    may be a (B, 1) column: one temperature a row (the engine's batch)."""
+    return (logits.float() / temperature - noise.log_()).argmax(dim=-1)
+
+
 def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False,
                generator: torch.Generator | None = None, repetition: Repetition | None = None) -> torch.Tensor:
@@ -93,12 +105,9 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
         return token
     if greedy:
         return logits.argmax(dim=-1)
-    if top_k is None and top_p is None and temperature >= 1e-3:
-        # the Gumbel-max trick in its exponential form: argmax_i (logit_i / T - log E_i), E_i ~ Exp(1),
-        # is token i with probability softmax(logits / T)_i, in four small ops and no softmax
-        noise = torch.empty(logits.shape, device=logits.device).exponential_(generator=generator).log_()
-        scores = logits.float() if temperature == 1.0 else logits.float() / temperature
-        return (scores - noise).argmax(dim=-1)
+    if gumbel_sampled(temperature, top_k, top_p, greedy):
+        noise = torch.empty(logits.shape, device=logits.device).exponential_(generator=generator)
+        return gumbel_max(logits, temperature, noise)
     # shift the maximum to 0 before dividing: a tiny temperature then gives 0 and -inf, never inf - inf
     logits = (logits.double() - logits.max(dim=-1, keepdim=True).values.double()) / temperature
     if top_k is not None and top_k < logits.size(-1):
