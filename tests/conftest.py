@@ -4,9 +4,9 @@ one tiny model trained once per session, the `rnnlab` command run in-process or 
 One spelling of each thing the tests share:
 - `TINY` is the tiny model and batch (as library keyword arguments), `tiny_args()` the same as CLI flags;
 - `metrics(dir)` reads a model directory's metrics.jsonl, `train_losses(dir)` its per-step losses;
-- `cli(...)` runs `rnnlab ...` in this process (fast: no torch import per call); `run_cli(...)` starts
-  a real `python -m rnnlab` process, for the tests where the process boundary is the point
-  (signals, SIGKILL, exit codes seen by a shell, torchrun).
+- `cli(...)` runs `rnnlab ...` in this process (fast: no torch import per call); `Forked(...)` runs it in
+  a fork of this process, for the tests where the process is the point (signals, SIGKILL, exit codes);
+  `run_cli(...)` starts a real `python -m rnnlab` interpreter (what a shell sees; torchrun).
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -135,6 +138,72 @@ def cli(*args, env: dict | None = None) -> Result:
             else:
                 os.environ[k] = v
     return Result(code, out.getvalue(), err.getvalue())
+
+
+class Forked:
+    """`rnnlab ARGS` in a fork of this test process: a real process (its own pid, signals and SIGKILL, an
+    exit status the parent waits for) that skips the seconds a new interpreter spends importing torch, as
+    torch's DataLoader makes its workers. `before()`, if given, runs first in the child (to patch
+    something there). stdout and stderr go to files; the Popen methods the tests use are here."""
+
+    def __init__(self, *args, before: Callable[[], None] | None = None):
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child([str(a) for a in args], before)
+
+    def _child(self, argv: list[str], before) -> None:
+        code = 1
+        try:
+            os.dup2(self._out.fileno(), 1)
+            os.dup2(self._err.fileno(), 2)
+            sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a new interpreter's handlers
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if before is not None:
+                before()
+            from rnnlab.cli import main
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)  # no atexit, no pytest teardown: this process is only the command
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 300) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise subprocess.TimeoutExpired(f"forked rnnlab (pid {self.pid})", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def output(self) -> tuple[str, str]:
+        """stdout and stderr so far."""
+        return tuple(os.pread(f.fileno(), 1 << 24, 0).decode(errors="replace") for f in (self._out, self._err))
+
+    def communicate(self, timeout: float = 300) -> tuple[str, str]:
+        self.wait(timeout)
+        return self.output()
 
 
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

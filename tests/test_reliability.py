@@ -4,8 +4,6 @@ import ast
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnlab
-from conftest import REPO, cli, metrics, shakespeare, tiny_args, train_losses
+from conftest import REPO, Forked, cli, metrics, shakespeare, tiny_args, train_losses
 from rnnlab.data.corpus import decode
 from rnnlab.errors import RnnlabError
 
@@ -25,9 +23,8 @@ ARGS = (*tiny_args(layers=2), "--max-steps", str(STEPS), "--schedule", "constant
         "--save-every", "1", "--eval-every", "25", "--dropout", "0.1")
 
 
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rnnlab", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start(*args) -> Forked:
+    return Forked(*args)  # a real process to kill or signal, without a new interpreter's torch import
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
