@@ -12,18 +12,14 @@ The README's promises, each tried here the way a careless user (or a kill, or a 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import rnnlab
-from conftest import cli, refused, shakespeare, snapshot, tiny_args
+from conftest import Forked, cli, refused, shakespeare, snapshot, tiny_args
 from rnnlab.models import checkpoint
 
 
@@ -126,36 +122,25 @@ def checkpoint_world():
     return SINGLE
 
 
-KILL_IN_FIRST_SAVE = textwrap.dedent("""
-    # each run of argv-lists (JSON) in a fork of one process that has imported torch once; each run
-    # dies inside its step-0 save (os._exit: no finally, no cleanup, as a kill -9 would)
-    import json, os, sys
-    import torch._dynamo  # noqa: F401  (what the first optimizer would import: paid once, before the forks)
-    import rnnlab.training.pipeline  # noqa: F401
-    from rnnlab.cli import main
+def die_inside_the_first_save() -> None:
+    """In a forked child: the run dies inside its step-0 save (os._exit: no finally, no cleanup, as a
+    kill -9 would)."""
     from rnnlab.models import checkpoint
     real = checkpoint.save_weights
+
     def save_then_die(model, path):
         real(model, path)
         os._exit(9)
     checkpoint.save_weights = save_then_die
-    codes = []
-    for argv in json.loads(sys.argv[1]):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(main(argv))
-        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-    print(json.dumps(codes))
-""")
 
 
 def test_a_kill_inside_the_first_save_leaves_nothing_that_blocks_the_next_run(corpus, tiny_model, tmp_path):
     shutil.copytree(tiny_model, tmp_path / "m1")           # m0: a new run; m1: a run replacing a model
     runs = [["train", str(corpus), "--out", str(tmp_path / f"m{i}"), *tiny_args(), "--max-steps", "3",
              *(["--overwrite"] if i else [])] for i in (0, 1)]
-    died = subprocess.run([sys.executable, "-c", KILL_IN_FIRST_SAVE, json.dumps(runs)], capture_output=True,
-                          text=True, timeout=300)
-    assert json.loads(died.stdout) == [9, 9], died.stderr
+    for run in runs:
+        died = Forked(*run, before=die_inside_the_first_save)
+        assert died.wait() == 9, died.output()[1]
     assert not (tmp_path / "m0").exists()                       # no half-made model directory
     assert snapshot(tmp_path / "m1") == snapshot(tiny_model)    # the old model, whole
     for i in (0, 1):

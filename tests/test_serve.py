@@ -6,8 +6,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from typing import Iterator
@@ -21,6 +19,7 @@ pytest.importorskip("fastapi", reason="rnnlab serve needs its extra: pip install
 httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip install 'rnnlab[serve]'")
 
 import rnnlab  # noqa: E402
+from conftest import Forked  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
 from rnnlab.inference.serve import Limits, bind, create_app, running  # noqa: E402
 
@@ -284,17 +283,17 @@ FIELDS = st.sampled_from(["prompt", "max_tokens", "temperature", "top_k", "top_p
 
 
 @pytest.fixture(scope="session")  # session: xdist may interleave modules
-def small_server(lm) -> Iterator[str]:
+def small_server(lm) -> Iterator[httpx.Client]:
     with running(create_app(lm, Limits(max_prompt_chars=50, max_tokens=30))) as url:
-        yield url
+        with httpx.Client(base_url=url, timeout=30) as client:  # one connection for all the examples
+            yield client
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.dictionaries(FIELDS, JSON, max_size=4) | JSON)
 def test_no_request_body_gets_a_server_error(small_server, body):
     content = json.dumps(body).encode()  # json.dumps writes NaN and Infinity, as some clients do
-    response = httpx.post(small_server + "/v1/generate", content=content,
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = small_server.post("/v1/generate", content=content, headers={"content-type": "application/json"})
     assert response.status_code in (200, 422), response.text
     assert response.status_code == 200 or response.json()["detail"]
 
@@ -406,21 +405,19 @@ def test_limits_below_one_token_are_refused():
         Limits(max_tokens=0)
 
 
-def test_main_serve_prints_its_url_serves_and_stops_on_ctrl_c(lm):
-    script = "import sys; from rnnlab.inference.serve import main_serve; sys.exit(main_serve(sys.argv[1], port=0))"
-    server = subprocess.Popen([sys.executable, "-c", script, str(lm.path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+def test_serve_prints_its_url_serves_and_stops_on_ctrl_c(lm):
+    server = Forked("serve", lm.path, "--port", "0")  # a process of its own, to send SIGINT to
     try:
-        banner = server.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", banner)
-        assert url, banner + server.stderr.read()
+        deadline = time.monotonic() + 60
+        while not (url := re.search(r"http://127\.0\.0\.1:\d+", server.output()[0])):
+            assert server.poll() is None and time.monotonic() < deadline, server.output()
+            time.sleep(0.01)
         body = {"prompt": "ROMEO:", "max_tokens": 10}
         assert httpx.post(url.group() + "/v1/generate", json=body, timeout=60).json()["tokens"] == 10
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
     finally:
         server.kill()
-        server.communicate()
 
 
 def test_a_served_model_of_many_files_stops_at_the_end_of_a_document(tmp_path):
