@@ -190,11 +190,8 @@ def pydocs_text() -> str:
     cached = cache_dir() / f"pydocs-{version}.txt"
     if cached.is_file():
         return cached.read_text(encoding="utf-8")
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not set(p.relative_to(root).parts[:-1]) & _PYDOCS_SKIP)
     docs, size = [], 0
-    for path in files:
+    for path in _stdlib_files(Path(sysconfig.get_paths()["stdlib"])):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
@@ -211,6 +208,16 @@ def pydocs_text() -> str:
     text = text[: text.rfind("\n") + 1]
     _atomic_write_text(cached, text)
     return text
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+    """The .py files below `root` outside the folders in _PYDOCS_SKIP, sorted. The walk never enters a
+    skipped folder: a site-packages inside the library folder can hold many times its files."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in _PYDOCS_SKIP]
+        found += [Path(folder, name) for name in names if name.endswith(".py")]
+    return sorted(found)
 
 
 _BLOCKS = (ast.Module, ast.stmt, ast.excepthandler, ast.match_case)
