@@ -68,7 +68,7 @@ def test_compare_writes_table_csv_and_plot(tmp_path):
     train, valid = ptb_slice(tmp_path, lines=1500, valid_lines=100)
     out = tmp_path / "cmp"
     result = cli("compare", train, "--valid", valid, "--pretokenized", "--models", "ngram:2,hmm:4,gru",
-                     "--train-tokens", "5k,20k", "--time-budget", "0.02", "--out", out)
+                     "--train-tokens", "5k,20k", "--time-budget", "0.005", "--out", out)
     assert result.returncode == 0, result.stderr
     lines = (out / "compare.csv").read_text().splitlines()
     assert lines[0] == "model,train_tokens,valid_perplexity,train_seconds,parameters"

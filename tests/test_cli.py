@@ -194,7 +194,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_damaged_model_directory_is_refused_by_the_real_command(tiny_model, tmp_path, damage):
+def test_damaged_model_directory_is_refused_by_generate_and_evaluate(tiny_model, tmp_path, damage):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     action, pattern = DAMAGE[damage]
@@ -263,14 +263,20 @@ def test_longrange_writes_the_documented_csv(tmp_path):
 
 
 def test_the_real_command_exits_zero_on_success_one_on_a_refusal_and_two_on_a_usage_error(text_file, tmp_path):
-    out = tmp_path / "m"
-    trained = run_cli("train", text_file, "--out", out, *tiny_args(max_steps=2))
-    assert trained.returncode == 0, trained.stderr
-    assert "parameters" in trained.stderr and f"model saved in {out}" in trained.stdout
-    config = json.loads((out / "config.json").read_text())
-    assert config["command"].startswith("rnnlab train ") and "--max-steps 2" in config["command"]
-    refusal = run_cli("download", "no-such-corpus")   # a refusal that needs no torch: a quick process
+    # each a new `python -m rnnlab` interpreter, running commands that need no torch (a quick process)
+    listed = run_cli("corpora")
+    assert listed.returncode == 0 and "tinyshakespeare" in listed.stdout and listed.stderr == ""
+    refusal = run_cli("download", "no-such-corpus")
     assert refusal.returncode == 1
     refused(refusal, "unknown corpus 'no-such-corpus'")
     usage = run_cli("train", text_file, "--max-steps", "many")
     assert usage.returncode == 2 and "invalid int value" in usage.stderr and "Traceback" not in usage.stderr
+
+
+def test_train_reports_on_stderr_saves_on_stdout_and_records_its_command(text_file, tmp_path):
+    out = tmp_path / "m"
+    trained = cli("train", text_file, "--out", out, *tiny_args(max_steps=2))
+    assert trained.returncode == 0, trained.stderr
+    assert "parameters" in trained.stderr and f"model saved in {out}" in trained.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"].startswith("rnnlab train ") and "--max-steps 2" in config["command"]
