@@ -144,18 +144,25 @@ class Forked:
     """`rnnlab ARGS` in a fork of this test process: a real process (its own pid, signals and SIGKILL, an
     exit status the parent waits for) that skips the seconds a new interpreter spends importing torch, as
     torch's DataLoader makes its workers. `before()`, if given, runs first in the child (to patch
-    something there). stdout and stderr go to files; the Popen methods the tests use are here."""
+    something there), in `cwd` with `env` added to its environment. stdout and stderr go to files;
+    the Popen methods the tests use are here."""
 
-    def __init__(self, *args, before: Callable[[], None] | None = None):
+    def __init__(self, *args, before: Callable[[], None] | None = None, env: dict | None = None,
+                 cwd: Path | None = None):
+        import rnnlab.cli.run  # noqa: F401  (what every child would import, paid once here)
+        import torch._dynamo  # noqa: F401  (what torch.optim's first step imports: 2 s)
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.returncode: int | None = None
         self.pid = os.fork()
         if self.pid == 0:
-            self._child([str(a) for a in args], before)
+            self._child([str(a) for a in args], before, env or {}, cwd)
 
-    def _child(self, argv: list[str], before) -> None:
+    def _child(self, argv: list[str], before, env: dict, cwd: Path | None) -> None:
         code = 1
         try:
+            os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
             os.dup2(self._out.fileno(), 1)
             os.dup2(self._err.fileno(), 2)
             sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)

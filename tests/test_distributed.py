@@ -1,6 +1,7 @@
-"""DDP on the CPU, as a cluster runs it: two torchrun "nodes" on 127.0.0.1 (c10d rendezvous, gloo) take the
-same steps as 1 process with the same global batch; only global rank 0 writes; a node killed mid-run ends
-the job and --resume continues exactly; torchrun's elastic restarts resume by themselves."""
+"""DDP on the CPU, as a cluster runs it: two processes with their own folders and caches take the same steps
+as 1 process with the same global batch, and only global rank 0 writes; two torchrun "nodes" on 127.0.0.1
+(c10d rendezvous, gloo), one killed mid-run: the job ends and --resume continues exactly; torchrun's elastic
+restarts resume by themselves."""
 
 import os
 import re
@@ -13,7 +14,7 @@ import time
 import pytest
 
 import rnnlab
-from conftest import cli, metrics, shakespeare, tiny_args, train_losses
+from conftest import Forked, cli, metrics, shakespeare, tiny_args, train_losses
 
 ARGS = (*tiny_args(layers=2), "--max-steps", "30", "--schedule", "constant", "--log-every", "1", "--eval-every", "10",
         "--lr", "0.01")
@@ -66,15 +67,26 @@ def corpus_file(tmp_path_factory):
     return path
 
 
-def test_two_nodes_take_the_same_steps_as_one_process_and_only_global_rank_0_writes(corpus_file, tmp_path):
+def test_two_machines_take_the_same_steps_as_one_process_and_only_global_rank_0_writes(corpus_file, tmp_path):
+    # Two processes started as a cluster scheduler starts them (srun, or torchrun's workers): RANK, WORLD_SIZE and
+    # MASTER_ADDR/PORT in the environment, each in its own working folder with its own token cache, as on two
+    # machines. They are forks of this process (no torch import each); torchrun itself, with its c10d rendezvous
+    # of two nodes, is the next test's launcher.
     port, homes = free_port(), [tmp_path / "node0", tmp_path / "node1"]
     # the same command on both machines, --out relative: a rank that wrote would write into its own folder. Each
     # rank reads its rows of the token store's memory map (--stream); the single process reads the text in memory
-    nodes = [node(rank, port, "train", corpus_file, "--out", "two", "--stream", *ARGS, cwd=homes[rank],
-                  cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
-    ends = [proc.communicate(timeout=300) for proc in nodes]
-    for proc, (_, stderr) in zip(nodes, ends):
-        assert proc.returncode == 0, stderr[-3000:]
+    ranks = []
+    for rank in (0, 1):
+        homes[rank].mkdir()
+        env = {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "RNNLAB_CACHE": str(tmp_path / f"cache{rank}")}
+        ranks.append(Forked("train", corpus_file, "--out", "two", "--stream", *ARGS, env=env, cwd=homes[rank]))
+    try:
+        for proc in ranks:
+            assert proc.wait(timeout=300) == 0, proc.output()[1][-3000:]
+    finally:
+        for proc in ranks:
+            proc.kill()
     written = [home for home in homes if (home / "two").exists()]
     assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
     assert all(list((tmp_path / f"cache{rank}" / "tokens").glob("*/train.bin")) for rank in (0, 1))
@@ -94,7 +106,7 @@ def test_two_nodes_take_the_same_steps_as_one_process_and_only_global_rank_0_wri
     lm = rnnlab.load(two)
     assert lm.generate("the ", length=30, seed=1).startswith("the ")
 
-    # and resumes in one process, saying what that changes (one test: a torchrun costs seconds of start-up)
+    # and resumes in one process, saying what that changes
     result = cli("train", "--resume", two, "--max-steps", "35")
     assert result.returncode == 0, result.stderr
     assert "written by 2 process(es), this run has 1" in result.stderr
