@@ -30,12 +30,6 @@ def last_step(out) -> int:
     return max(train_losses(out), default=0) if (out / "metrics.jsonl").exists() else 0
 
 
-def torchrun(*args, nproc=2, **kwargs):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "rnnlab", *map(str, args)]
-    return command
-
-
 def kill_tree(pid: int) -> None:
     """SIGKILL a torchrun agent and the workers it started (each in a session of its own, so a process
     group does not reach them): a machine that dies."""
@@ -60,6 +54,25 @@ def node(rank: int, port: int, *args, cwd, cache) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def run_ranks(args: list, cwds: list, caches: list) -> list[tuple[str, str]]:
+    """ARGS on two ranks started as a cluster scheduler starts them: RANK, WORLD_SIZE and MASTER_ADDR/PORT
+    in the environment, each in its own working folder with its own token cache, as on two machines. They
+    are forks of this process (no torch import each); both must succeed. Returns their (stdout, stderr)."""
+    port, ranks = free_port(), []
+    for rank, (cwd, cache) in enumerate(zip(cwds, caches)):
+        cwd.mkdir(exist_ok=True)
+        env = {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "RNNLAB_CACHE": str(cache)}
+        ranks.append(Forked(*args, env=env, cwd=cwd))
+    try:
+        for proc in ranks:
+            assert proc.wait(timeout=300) == 0, proc.output()[1][-3000:]
+    finally:
+        for proc in ranks:
+            proc.kill()
+    return [proc.output() for proc in ranks]
+
+
 @pytest.fixture(scope="session")  # session: xdist may interleave modules
 def corpus_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ddp") / "corpus.txt"
@@ -68,25 +81,12 @@ def corpus_file(tmp_path_factory):
 
 
 def test_two_machines_take_the_same_steps_as_one_process_and_only_global_rank_0_writes(corpus_file, tmp_path):
-    # Two processes started as a cluster scheduler starts them (srun, or torchrun's workers): RANK, WORLD_SIZE and
-    # MASTER_ADDR/PORT in the environment, each in its own working folder with its own token cache, as on two
-    # machines. They are forks of this process (no torch import each); torchrun itself, with its c10d rendezvous
-    # of two nodes, is the next test's launcher.
-    port, homes = free_port(), [tmp_path / "node0", tmp_path / "node1"]
+    # two ranks as a scheduler starts them (`run_ranks`); torchrun itself, with its c10d rendezvous of two nodes,
+    # is the next test's launcher
+    homes = [tmp_path / "node0", tmp_path / "node1"]
     # the same command on both machines, --out relative: a rank that wrote would write into its own folder. Each
     # rank reads its rows of the token store's memory map (--stream); the single process reads the text in memory
-    ranks = []
-    for rank in (0, 1):
-        homes[rank].mkdir()
-        env = {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "RNNLAB_CACHE": str(tmp_path / f"cache{rank}")}
-        ranks.append(Forked("train", corpus_file, "--out", "two", "--stream", *ARGS, env=env, cwd=homes[rank]))
-    try:
-        for proc in ranks:
-            assert proc.wait(timeout=300) == 0, proc.output()[1][-3000:]
-    finally:
-        for proc in ranks:
-            proc.kill()
+    run_ranks(["train", corpus_file, "--out", "two", "--stream", *ARGS], homes, [tmp_path / "cache0", tmp_path / "cache1"])
     written = [home for home in homes if (home / "two").exists()]
     assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
     assert all(list((tmp_path / f"cache{rank}" / "tokens").glob("*/train.bin")) for rank in (0, 1))
@@ -154,11 +154,11 @@ def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exac
     assert "rank 0 of 2: lost contact with the other processes" in stderr and f"checkpoint is in {out}" in stderr
     before = train_losses(out)  # at least steps 1..9, as the uninterrupted run takes them
 
-    # the last checkpoint (step 4 or later) continues as the uninterrupted run did, step for step
-    resumed = subprocess.run(torchrun("train", "--resume", out, "--max-steps", str(max(before) + 2), "--quiet"),
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    start = int(re.search(r"resuming .* from step (\d+)", resumed.stderr).group(1))
+    # the last checkpoint (step 4 or later) continues as the uninterrupted run did, step for step, on two ranks
+    # (torchrun's workers, or a scheduler's: `run_ranks`)
+    (_, said), _ = run_ranks(["train", "--resume", out, "--max-steps", max(before) + 2, "--quiet"],
+                             [tmp_path / "node0", tmp_path / "node1"], [tmp_path / "cache0", tmp_path / "cache1"])
+    start = int(re.search(r"resuming .* from step (\d+)", said).group(1))
     assert start >= 4
     after = train_losses(out)
     assert sorted(after) == list(range(1, max(before) + 3))
