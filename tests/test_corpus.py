@@ -107,7 +107,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def mirror(monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(DATA)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     monkeypatch.setenv("RNNLAB_MIRROR", f"http://127.0.0.1:{server.server_port}/")
     yield _Handler

@@ -138,3 +138,24 @@ def test_readers_on_an_event_loop_get_the_same_tokens_at_most_every_interval(lm)
         assert lm.tokenizer.decode([t for b in batches for t in b]) == lm.generate("ROMEO:", length=300, seed=seed)[6:]
         if seed % 2:  # the first batch at once, then at most one every 50 ms (and one for the end)
             assert len(batches) <= seconds / 0.05 + 2, (len(batches), seconds)
+
+
+def test_a_reader_gathering_tokens_gets_the_end_at_once(lm):
+    # a reader that takes what is ready at most every 30 s still sees a short stream end as soon as it ends:
+    # waiting out the interval made every short request last 0.1-0.2 s
+    import asyncio
+    import time
+
+    async def read(stream) -> tuple[list[int], float]:
+        tokens, started = [], time.monotonic()
+        while (batch := await stream.next_tokens(every=30.0)) is not None:
+            tokens += batch
+        return tokens, time.monotonic() - started
+
+    engine = Engine(lm, max_batch=8)
+    try:
+        for length in (1, 5, 40):
+            tokens, seconds = asyncio.run(read(engine.submit(lm.encode_prompt("ROMEO:"), length=length, seed=1)))
+            assert len(tokens) == length and seconds < 15, (length, seconds)
+    finally:
+        engine.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -62,7 +63,9 @@ class Stream:
     tokens: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: int = 0
-    ready: asyncio.Event | None = None            # for a reader on an event loop (next_tokens)
+    over: bool = False                            # the end is queued: no more tokens will come
+    ready: asyncio.Event | None = None            # for a reader on an event loop (next_tokens): a step was taken
+    ended: asyncio.Event | None = None            # ... and the end is queued
     loop: asyncio.AbstractEventLoop | None = None
     handed: float = 0.0                           # when next_tokens last returned (loop time)
 
@@ -99,18 +102,25 @@ class Stream:
             tokens.append(item)
         return tokens
 
+    def end(self) -> None:
+        """No more tokens: the reader sees the end, and a reader waiting to gather more stops waiting."""
+        self.over = True
+        self.tokens.put(_DONE)
+
     def fail(self, error: BaseException) -> None:
         self.tokens.put(error)
-        self.tokens.put(_DONE)
+        self.end()
 
     async def next_tokens(self, every: float = 0.0) -> list[int] | None:
         """`take` for a reader on an asyncio event loop, without a thread: the tokens ready, or, when none
         is, the wait for the engine's wake-up (one call onto the loop a step for all its streams). With
-        `every`, at most one batch per `every` seconds after the first: fewer, larger writes."""
+        `every`, at most one batch per `every` seconds after the first (fewer, larger writes), except
+        the last: the end is handed over at once."""
         if self.ready is None:  # before the first look: a token made from now on wakes this reader
-            self.ready, self.loop = asyncio.Event(), asyncio.get_running_loop()
-        elif (wait := self.handed + every - self.loop.time()) > 0:
-            await asyncio.sleep(wait)
+            self.ready, self.ended, self.loop = asyncio.Event(), asyncio.Event(), asyncio.get_running_loop()
+        elif not self.over and (wait := self.handed + every - self.loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended.wait(), wait)
         while (items := self.take(block=False)) == []:
             await self.ready.wait()
             self.ready.clear()
@@ -195,7 +205,7 @@ class Engine:
                             if not stream.cancelled.is_set() and stream.made < stream.length]
                     ended = [batch.streams[i][0] for i in sorted(set(range(len(batch.streams))) - set(keep))]
                     for stream in ended:
-                        stream.tokens.put(_DONE)
+                        stream.end()
                     self._wake(ended)
                     batch.keep(keep)
                     if not batch.streams:
@@ -215,10 +225,10 @@ class Engine:
             raise
         finally:
             for stream, _ in batch.streams:
-                stream.tokens.put(_DONE)
+                stream.end()
             with self.wake:
                 for stream in self.waiting:
-                    stream.tokens.put(_DONE)
+                    stream.end()
                 self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
 
     @staticmethod
@@ -227,7 +237,7 @@ class Engine:
         by_loop: dict = {}
         for stream in streams:
             if stream.loop is not None:
-                by_loop.setdefault(stream.loop, []).append(stream.ready)
+                by_loop.setdefault(stream.loop, []).extend([stream.ready, stream.ended] if stream.over else [stream.ready])
         for loop, events in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_set_all, events)
