@@ -229,15 +229,15 @@ def test_hopfield_recalls_the_stored_snippets():
 
 
 @pytest.mark.numeric
-def test_gradients_writes_json_with_one_norm_per_step_and_a_plot(tmp_path):
+def test_gradients_writes_json_with_one_norm_per_step_and_a_plot(text_file, tmp_path):
     result = cli("gradients", "--cell", "rnn,gru", "--seq-len", "20", "--batches", "1", "--batch-size", "4",
-                 "--hidden", "16", "--out", tmp_path)
+                 "--hidden", "16", "--corpus", text_file, "--out", tmp_path / "g")
     assert result.returncode == 0, result.stderr
-    data = json.loads((tmp_path / "gradients.json").read_text())
+    data = json.loads((tmp_path / "g" / "gradients.json").read_text())
     assert set(data) == {"rnn", "gru"} and all(len(norms) == 20 for norms in data.values())
-    # at torch's default init the tanh RNN's gradient vanishes: by 3.5-6 decades over 20 steps in 25 runs
+    # at torch's default init the tanh RNN's gradient vanishes: by 3.2-6.3 decades over 20 steps for seeds 0-11
     assert data["rnn"][0] > 100 * data["rnn"][-1]
-    assert (tmp_path / "gradients.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "g" / "gradients.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.numeric
