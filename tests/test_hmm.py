@@ -111,16 +111,16 @@ def test_training_on_samples_of_a_known_hmm_reaches_its_held_out_likelihood():
     fits = []
     for seed in range(3):
         hmm = HMM(states=3, vocab_size=5, seed=seed)
-        fits.append((hmm.fit(train, 60)[-1], hmm))
+        fits.append((hmm.fit(train, 30)[-1], hmm))
     best = max(fits, key=lambda fit: fit[0])[1]
     true_loss, _ = true.stream_loss(held_out)
     learned_loss, _ = best.stream_loss(held_out)
     # what a model without hidden state gets: the training data's unigram frequencies
     unigram = np.bincount(train, minlength=5) / len(train)
     unigram_loss = -np.log(unigram[held_out[1:]]).mean()
-    # the share of the gap between the unigram model and the true HMM that EM closed. Margin: over 5 data seeds
-    # (x threads x CPU kernels) it closed 0.71-1.0 of it (the test's seed: 0.996); a model that learned no
-    # hidden structure closes ~0
+    # the share of the gap between the unigram model and the true HMM that EM closed. Margin: over 5 data seeds,
+    # with 1 and 2 threads and with the CPU kernels restricted to AVX2, 30 iterations closed 0.97-0.99 of it (the
+    # same everywhere: float64); a model that learned no hidden structure closes ~0
     closed = (unigram_loss - learned_loss) / (unigram_loss - true_loss)
     assert closed > 0.5, (learned_loss, true_loss, unigram_loss)
 
