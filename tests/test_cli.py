@@ -241,13 +241,14 @@ def test_gradients_writes_json_with_one_norm_per_step_and_a_plot(text_file, tmp_
 
 
 @pytest.mark.numeric
-def test_gradients_clipping_experiment_diverges_only_without_clipping(tmp_path):
-    # over 25 runs the unclipped run diverged at step 4-11 of 30 and the clipped one peaked at 1.05x its first loss
-    result = cli("gradients", "--train-steps", "30", "--seq-len", "30", "--out", tmp_path)
+def test_gradients_clipping_experiment_diverges_only_without_clipping(text_file, tmp_path):
+    # over seeds 0-7, with 1 thread and with 2 threads on AVX2-restricted kernels, the unclipped run diverged at
+    # step 5-14 of 30 and the clipped one peaked at 1.0-1.3x its first loss (divergence: 2x)
+    result = cli("gradients", "--train-steps", "30", "--seq-len", "30", "--corpus", text_file, "--out", tmp_path / "g")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "diverged at step" in lines[0] and "never diverged" in lines[1]
-    assert (tmp_path / "clipping.png").is_file()
+    assert (tmp_path / "g" / "clipping.png").is_file()
 
 
 def test_longrange_writes_the_documented_csv(tmp_path):
