@@ -2,6 +2,7 @@
 no module imports itself round a cycle, library code does not print, and `rnnlab --help` imports no torch."""
 
 import ast
+import functools
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 MAY_PRINT = ("cli", "inference.serve")  # the command line, and the server's banner
 
 
+@functools.cache  # parsed once for all the tests here (none changes what it reads)
 def modules() -> dict[str, ast.Module]:
     found = {}
     for path in PACKAGE.rglob("*.py"):
@@ -52,6 +54,7 @@ def resolve(name: str, known: set[str]) -> str | None:
     return name if name in known else None
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     found = modules()
     known = set(found)
