@@ -5,6 +5,8 @@ import io
 import os
 import re
 
+import pytest
+
 from conftest import REPO
 
 
@@ -14,6 +16,7 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
+@pytest.mark.xdist_group("pydocs")  # make test: on the worker that builds the built-in corpus anyway
 def test_use_from_python_runs_as_written(tmp_path):
     blocks = python_blocks("Use from Python")
     assert blocks

@@ -22,6 +22,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the page tests nee
 import rnnlab  # noqa: E402
 from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("browser")  # make test: one worker, one browser launch
 expect = sync_api.expect
 # headless, and quiet: no GPU, no QUIC, no update or sync traffic to anywhere
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -35,7 +36,7 @@ def url(tiny_model) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")  # session: xdist may interleave modules
+@pytest.fixture(scope="module")  # not longer: Playwright's sync API keeps an event loop running in this thread
 def browser() -> Iterator:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
