@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/rnnlab generate runs/demo --prompt "Return the " --length 600 --temperature 0.7 --seed 1 --no-repeat-ngram 12
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+	$(BIN)/python -m pytest -q -n auto
 
 # The tests that assert on learned numbers, again, on other CPU kernels: oneDNN and MKL restricted to
 # AVX2 (a CPU without AVX-512/AMX) and two threads per process. CI runs this after `make test`.

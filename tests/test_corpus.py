@@ -72,7 +72,6 @@ def test_valid_and_test_files_override_the_split(tmp_path):
     assert (corpus.train, corpus.valid, corpus.test) == ("train text\n", "valid text\n", "test text\n")
 
 
-@pytest.mark.xdist_group("pydocs")  # make test: the built-in corpus built on one worker, not two
 def test_pydocs_is_english_deterministic_and_about_a_megabyte():
     text = pydocs_text()
     assert 900_000 <= len(text) <= 1_000_000

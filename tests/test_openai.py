@@ -15,8 +15,6 @@ httpx = pytest.importorskip("httpx")
 import rnnlab  # noqa: E402
 from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("openai")  # make test: one worker starts this server and imports openai
-
 
 @pytest.fixture(scope="session")  # session: xdist may interleave modules
 def lm(tiny_model):

@@ -5,8 +5,6 @@ import io
 import os
 import re
 
-import pytest
-
 from conftest import REPO
 
 
@@ -16,7 +14,6 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
-@pytest.mark.xdist_group("pydocs")  # make test: on the worker that builds the built-in corpus anyway
 def test_use_from_python_runs_as_written(tmp_path):
     blocks = python_blocks("Use from Python")
     assert blocks

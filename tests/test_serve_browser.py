@@ -22,7 +22,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the page tests nee
 import rnnlab  # noqa: E402
 from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("browser")  # make test: one worker, one browser launch
 expect = sync_api.expect
 # headless, and quiet: no GPU, no QUIC, no update or sync traffic to anywhere
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
