@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/serve_load.py runs/demo --clients 8 --seconds 15
     .venv/bin/python benchmarks/serve_load.py runs/demo --clients 8 --api openai   # POST /v1/completions
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8000      # a server already running
+    .venv/bin/python benchmarks/serve_load.py runs/demo --clients 32 --offline   # and the ratio to sampling offline
+
+With --offline it first measures the offline sampler on the same model in this process (`sample_ids`,
+1000 steps, one stream and as many streams as the engine batches: clients, up to --max-concurrent; the
+better of two runs each), then prints the server's rate as a ratio of those.
 
 Without --url it starts the server itself, in its own process (so that the clients do not share
 its GIL), on a free port, and reports its RSS at the start and the end of the load (a soak: memory
@@ -101,7 +106,25 @@ def rss_mb(pid: int | None) -> float | None:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-async def load(url: str, clients: int, seconds: float, body: dict, server_pid: int | None = None) -> None:
+def offline_rate(model: str, streams: int, steps: int = 1000) -> float:
+    """Tokens/s of rnnlab's offline sampler (`sample_ids`) on `model` for `streams` streams at once."""
+    import torch
+
+    import rnnlab
+    from rnnlab.inference.sampling import sample_ids
+    lm = rnnlab.load(model)
+    prompt = torch.tensor([lm.tokenizer.encode("ROMEO:").tolist()]).repeat(streams, 1)
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(2):
+            started = time.perf_counter()
+            for _ in sample_ids(lm.net, prompt, steps, generator=torch.Generator().manual_seed(1)):
+                pass
+            best = max(best, streams * steps / (time.perf_counter() - started))
+    return best
+
+
+async def load(url: str, clients: int, seconds: float, body: dict, server_pid: int | None = None) -> float:
     results: list[tuple[float, int]] = []
     later: list[tuple[float, int]] = []
     errors: list[str] = []
@@ -138,6 +161,7 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
     if rss_start is not None:
         print(f"memory    server RSS {rss_start:.0f} MB at the start, {rss_end:.0f} MB at the end "
               f"({rss_end / rss_start:.2f}x)")
+    return sum(n for _, n in results) / elapsed
 
 
 def main() -> None:
@@ -152,9 +176,18 @@ def main() -> None:
                         help="the server's --max-concurrent, the engine's batch (default: 8)")
     parser.add_argument("--api", choices=["rnnlab", "openai"], default="rnnlab",
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
+    parser.add_argument("--offline", action="store_true",
+                        help="first measure the offline sampler on the same model, and print the ratios")
     args = parser.parse_args()
     if not (args.model or args.url):
         parser.error("give a MODEL directory to serve, or the --url of a running server")
+    if args.offline and not args.model:
+        parser.error("--offline needs the MODEL directory")
+    offline = {}
+    if args.offline:
+        for streams in sorted({1, min(args.clients, args.max_concurrent)}):  # the engine's batch
+            offline[streams] = offline_rate(args.model, streams)
+            print(f"offline   {streams} stream(s): {offline[streams]:,.0f} tokens/s (sample_ids, same model)")
 
     body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True, "_api": args.api}
     server = None
@@ -170,7 +203,10 @@ def main() -> None:
         url = found.group()
         print(f"server    {banner.split(' on ')[0].removeprefix('serving ')} at {url}")
     try:
-        asyncio.run(load(url, args.clients, args.seconds, body, server.pid if server else None))
+        served = asyncio.run(load(url, args.clients, args.seconds, body, server.pid if server else None))
+        batch = min(args.clients, args.max_concurrent)
+        if offline and batch in offline:
+            print(f"ratio     {served / offline[batch]:.2f}x the offline sampler's rate for {batch} stream(s)")
     finally:
         if server:
             server.terminate()
