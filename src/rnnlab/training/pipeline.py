@@ -369,6 +369,10 @@ def train_rnn(corpus: Corpus | TextStream, out, tokens: tokencache.Tokens, run: 
     finally:
         if run_dir is not None:
             run_dir.abandon()  # only a run that never published: its staging folder
+    # DDP's reducer holds the process group: drop it first, so that the group is destroyed here, while every
+    # rank is alive (a gloo group destroyed after a peer has exited can hang in its destructor, joining a
+    # thread that waits on the dead peer)
+    trainer.ddp = None
     distributed.barrier(world)
     distributed.shutdown(world)
     if not world.is_main:
