@@ -64,9 +64,9 @@ def run_ranks(args: list, cwds: list, caches: list) -> list[tuple[str, str]]:
         env = {"RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "RNNLAB_CACHE": str(cache)}
         ranks.append(Forked(*args, env=env, cwd=cwd))
-    try:
+    try:  # seconds of work: two minutes is a hang
         for proc in ranks:
-            assert proc.wait(timeout=300) == 0, proc.output()[1][-3000:]
+            assert proc.wait(timeout=120) == 0, proc.output()[1][-3000:]
     finally:
         for proc in ranks:
             proc.kill()
