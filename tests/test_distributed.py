@@ -86,10 +86,11 @@ def test_two_machines_take_the_same_steps_as_one_process_and_only_global_rank_0_
     homes = [tmp_path / "node0", tmp_path / "node1"]
     # the same command on both machines, --out relative: a rank that wrote would write into its own folder. Each
     # rank reads its rows of the token store's memory map (--stream); the single process reads the text in memory
-    run_ranks(["train", corpus_file, "--out", "two", "--stream", *ARGS], homes, [tmp_path / "cache0", tmp_path / "cache1"])
+    caches = [tmp_path / "cache0", tmp_path / "cache1"]
+    run_ranks(["train", corpus_file, "--out", "two", "--stream", *ARGS], homes, caches)
     written = [home for home in homes if (home / "two").exists()]
     assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
-    assert all(list((tmp_path / f"cache{rank}" / "tokens").glob("*/train.bin")) for rank in (0, 1))
+    assert all(list((cache / "tokens").glob("*/train.bin")) for cache in caches)
     two = written[0] / "two"
     single = cli("train", corpus_file, "--out", tmp_path / "one", *ARGS)
     assert single.returncode == 0, single.stderr
@@ -141,8 +142,9 @@ def assert_retaken(before: dict, after: dict, start: int) -> None:
 
 def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exactly(corpus_file, tmp_path):
     port, out = free_port(), tmp_path / "m"  # --out on storage both nodes share (a resume reads it on every rank)
-    nodes = [node(rank, port, "train", corpus_file, "--out", out, *KILL_ARGS, cwd=tmp_path / f"node{rank}",
-                  cache=tmp_path / f"cache{rank}") for rank in (0, 1)]
+    homes, caches = [tmp_path / "node0", tmp_path / "node1"], [tmp_path / "cache0", tmp_path / "cache1"]
+    nodes = [node(rank, port, "train", corpus_file, "--out", out, *KILL_ARGS, cwd=homes[rank], cache=caches[rank])
+             for rank in (0, 1)]
     try:
         wait_past_a_save(out, nodes[0])
         kill_tree(nodes[1].pid)  # the whole machine: its agent and its worker
@@ -156,8 +158,7 @@ def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exac
 
     # the last checkpoint (step 4 or later) continues as the uninterrupted run did, step for step, on two ranks
     # (torchrun's workers, or a scheduler's: `run_ranks`)
-    (_, said), _ = run_ranks(["train", "--resume", out, "--max-steps", max(before) + 2, "--quiet"],
-                             [tmp_path / "node0", tmp_path / "node1"], [tmp_path / "cache0", tmp_path / "cache1"])
+    (_, said), _ = run_ranks(["train", "--resume", out, "--max-steps", max(before) + 2, "--quiet"], homes, caches)
     start = int(re.search(r"resuming .* from step (\d+)", said).group(1))
     assert start >= 4
     after = train_losses(out)

@@ -237,7 +237,8 @@ class Engine:
         by_loop: dict = {}
         for stream in streams:
             if stream.loop is not None:
-                by_loop.setdefault(stream.loop, []).extend([stream.ready, stream.ended] if stream.over else [stream.ready])
+                wanted = by_loop.setdefault(stream.loop, [])
+                wanted += [stream.ready, stream.ended] if stream.over else [stream.ready]
         for loop, events in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_set_all, events)
