@@ -87,7 +87,8 @@ def test_two_machines_take_the_same_steps_as_one_process_and_only_global_rank_0_
     # the same command on both machines, --out relative: a rank that wrote would write into its own folder. Each
     # rank reads its rows of the token store's memory map (--stream); the single process reads the text in memory
     caches = [tmp_path / "cache0", tmp_path / "cache1"]
-    run_ranks(["train", corpus_file, "--out", "two", "--stream", *ARGS], homes, caches)
+    (said0, _), (said1, _) = run_ranks(["train", corpus_file, "--out", "two", "--stream", *ARGS], homes, caches)
+    assert "model saved in two" in said0 and said1 == ""  # only rank 0 saved, and only it says so
     written = [home for home in homes if (home / "two").exists()]
     assert len(written) == 1 and sorted(p.name for p in homes[1 - homes.index(written[0])].iterdir()) == []
     assert all(list((cache / "tokens").glob("*/train.bin")) for cache in caches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -51,8 +52,9 @@ def train_command(args: argparse.Namespace) -> int:
     from rnnlab.training.pipeline import train
     options = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "run", "corpus", "quiet")}
     lm = train(args.corpus or None, progress=not args.quiet, command=args.command_line, **options)
-    print(f"model saved in {lm.path}")
-    print(f"try: rnnlab generate {shlex.quote(str(lm.path))} --length 300")
+    if os.environ.get("RANK", "0") == "0":  # of a DDP job's processes, only rank 0 saved (torchrun sets RANK)
+        print(f"model saved in {lm.path}")
+        print(f"try: rnnlab generate {shlex.quote(str(lm.path))} --length 300")
     return 0
 
 
