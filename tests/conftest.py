@@ -11,11 +11,13 @@ One spelling of each thing the tests share:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,8 +39,10 @@ DATA = REPO.parent / "shared" / "data"
 os.environ["OMP_NUM_THREADS"] = os.environ.get("RNNLAB_TEST_THREADS", "1")
 os.environ["MKL_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
 
-# every test process (and the CLI subprocesses it starts) uses a private, empty cache
+# every test process (and the CLI subprocesses it starts) uses a private, empty cache, removed when that
+# process ends (its forks end with os._exit and leave it to their parent)
 os.environ["RNNLAB_CACHE"] = tempfile.mkdtemp(prefix="rnnlab-test-cache-")
+atexit.register(shutil.rmtree, os.environ["RNNLAB_CACHE"], ignore_errors=True)
 os.environ.pop("RNNLAB_MIRROR", None)
 
 # The tiny model every quick training test uses: one 32-unit layer, 8 streams of 32 tokens.
