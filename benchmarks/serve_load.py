@@ -106,13 +106,17 @@ def rss_mb(pid: int | None) -> float | None:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def offline_rate(model: str, streams: int, steps: int = 1000) -> float:
-    """Tokens/s of rnnlab's offline sampler (`sample_ids`) on `model` for `streams` streams at once."""
+def offline_rates(model: str, counts: list[int], steps: int = 1000) -> dict[int, float]:
+    """Tokens/s of rnnlab's offline sampler (`sample_ids`) on `model`, for each count of streams at once."""
+    import rnnlab
+    lm = rnnlab.load(model)
+    return {streams: offline_rate(lm, streams, steps) for streams in counts}
+
+
+def offline_rate(lm, streams: int, steps: int) -> float:
     import torch
 
-    import rnnlab
     from rnnlab.inference.sampling import sample_ids
-    lm = rnnlab.load(model)
     prompt = torch.tensor([lm.tokenizer.encode("ROMEO:").tolist()]).repeat(streams, 1)
     best = 0.0
     with torch.inference_mode():
@@ -185,8 +189,8 @@ def main() -> None:
         parser.error("--offline needs the MODEL directory")
     offline = {}
     if args.offline:
-        for streams in sorted({1, min(args.clients, args.max_concurrent)}):  # the engine's batch
-            offline[streams] = offline_rate(args.model, streams)
+        offline = offline_rates(args.model, sorted({1, min(args.clients, args.max_concurrent)}))  # the engine's batch
+        for streams in offline:
             print(f"offline   {streams} stream(s): {offline[streams]:,.0f} tokens/s (sample_ids, same model)")
 
     body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True, "_api": args.api}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import warnings
@@ -52,7 +51,8 @@ def train_command(args: argparse.Namespace) -> int:
     from rnnlab.training.pipeline import train
     options = {k: v for k, v in vars(args).items() if k not in ("command", "command_line", "run", "corpus", "quiet")}
     lm = train(args.corpus or None, progress=not args.quiet, command=args.command_line, **options)
-    if os.environ.get("RANK", "0") == "0":  # of a DDP job's processes, only rank 0 saved (torchrun sets RANK)
+    from rnnlab.training.distributed import launched_rank
+    if launched_rank() == 0:  # of a DDP job's processes, only rank 0 saved
         print(f"model saved in {lm.path}")
         print(f"try: rnnlab generate {shlex.quote(str(lm.path))} --length 300")
     return 0

@@ -41,6 +41,11 @@ class World:
 SINGLE = World()
 
 
+def launched_rank() -> int:
+    """This process's global rank as its launcher (torchrun, a cluster scheduler) set it: 0 without one."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init(device_name: str) -> World:
     """Join the process group if torchrun started us; otherwise a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
