@@ -10,6 +10,7 @@ from conftest import TINY as TINY_MODEL
 from rnnlab.models import checkpoint
 from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
+from rnnlab.training.presets import PRESETS
 from rnnlab.training.config import TrainConfig
 from rnnlab.training.trainer import TrainingDiverged
 
@@ -194,10 +195,17 @@ def test_adaptive_softmax_trains_a_word_model(tmp_path):
 
 
 def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():
-    from rnnlab.training.presets import PRESETS
     recipe = PRESETS["cpu-5min"]
     assert recipe["precision"] == "bf16" and recipe["time_budget"] == 5.0 and recipe["hidden"] == 384
-    TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_model_and_training_config(name):
+    from rnnlab.models.config import ModelConfig
+    from rnnlab.training.pipeline import Options
+    run = Options.from_kwargs(name, {})     # an option no config knows, or a bad value, raises here or below
+    ModelConfig(vocab_size=10_000, **run.model)
+    TrainConfig(**run.train)
 
 
 def test_without_a_validation_split_the_saved_model_is_the_latest_not_the_untrained_one(tmp_path):
@@ -240,7 +248,6 @@ def test_on_metrics_sees_every_record_of_the_curve_and_live_curves_draws_them(tm
 
 
 def test_a_word_run_given_no_recipe_starts_from_the_word_5min_one(tmp_path):
-    from rnnlab.training.presets import PRESETS
     said = []
     lm = rnnlab.train(corpus(), tmp_path / "a", level="word", max_steps=1, progress=False, log=said.append)
     model, recipe = lm.config["model"], PRESETS["word-5min"]
