@@ -12,7 +12,7 @@ PRESETS: dict[str, dict] = {
                           optimizer="sgd", lr=20.0, clip=0.25, init_range=0.1, schedule="step", lr_decay=0.5,
                           decay_start=4, epochs=13),
     # PTB in an hour on 2 CPU cores (issue 15; benchmarks/RESULTS.md): Zaremba's "medium" 2x650 size, tied, with
-    # AWD-LSTM's locked and embedding dropout set lighter for ~20 epochs instead of hundreds; bf16 (2.4x the fp32
+    # AWD-LSTM's locked and embedding dropout set lighter for ~20 epochs instead of hundreds; bf16 (1.7x the fp32
     # tokens/s on AMX); AdamW with a cosine that ends with the budget. No weight-drop: it costs the fused
     # multi-layer kernel and pays off only over long runs.
     "ptb-1h": dict(level="word", cell="lstm", layers=2, hidden=650, embed_dim=650, tie_weights=True,
