@@ -30,16 +30,23 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespear
 
 
 
-def recipe(preset: str, overrides: list[str]) -> dict:
-    """The preset's settings (rnnlab.training.presets.PRESETS) with KEY=VALUE overrides, values parsed as Python literals."""
-    options = {k: v for k, v in PRESETS[preset].items() if k != "level"}
-    for item in overrides:
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE settings (--set) as options of rnnlab.train: values parsed as Python literals, a bare word
+    as a string (precision=bf16); a dash in KEY reads as an underscore."""
+    options = {}
+    for item in items:
         key, _, value = item.partition("=")
         try:
-            options[key] = ast.literal_eval(value)
+            options[key.replace("-", "_")] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key] = value
+            options[key.replace("-", "_")] = value
     return options
+
+
+def recipe(preset: str, overrides: list[str]) -> dict:
+    """The preset's settings (rnnlab.training.presets.PRESETS) with KEY=VALUE overrides."""
+    options = {k: v for k, v in PRESETS[preset].items() if k != "level"}
+    return {**options, **parse_overrides(overrides)}
 
 
 def split() -> tuple[str, str]:

@@ -12,12 +12,12 @@ wall-clock time.
 from __future__ import annotations
 
 import argparse
-import ast
 import subprocess
 import tempfile
 import time
 
 import rnnlab
+from shakespeare_char import parse_overrides   # benchmarks/ is on sys.path when run as a script
 
 
 def cpu_name() -> str:
@@ -28,14 +28,6 @@ def cpu_name() -> str:
         return "unknown CPU"
 
 
-def parse_setting(item: str) -> tuple[str, object]:
-    key, _, value = item.partition("=")
-    try:
-        return key.replace("-", "_"), ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key.replace("-", "_"), value         # a bare word: a string (precision=bf16)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", help="a file, folder or named corpus (pydocs)")
@@ -44,7 +36,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of rnnlab.train over the preset's, e.g. precision=bf16 (repeatable)")
     args = parser.parse_args()
-    changes = dict(parse_setting(item) for item in args.set)
+    changes = parse_overrides(args.set)
     print(f"machine: {cpu_name()}; corpus {args.corpus}; --preset {args.preset} {changes or ''}")
     quiet = dict(progress=False, log=lambda message: None)
     with tempfile.TemporaryDirectory() as tmp:

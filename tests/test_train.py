@@ -8,10 +8,12 @@ import rnnlab
 from conftest import DATA, QUIET, metrics, shakespeare, train_losses
 from conftest import TINY as TINY_MODEL
 from rnnlab.models import checkpoint
+from rnnlab.models.config import ModelConfig
 from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.training.presets import PRESETS
 from rnnlab.training.config import TrainConfig
+from rnnlab.training.pipeline import Options
 from rnnlab.training.trainer import TrainingDiverged
 
 TINY = {**TINY_MODEL, **QUIET}
@@ -201,8 +203,6 @@ def test_cpu_5min_preset_is_the_documented_shakespeare_recipe():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_model_and_training_config(name):
-    from rnnlab.models.config import ModelConfig
-    from rnnlab.training.pipeline import Options
     run = Options.from_kwargs(name, {})     # an option no config knows, or a bad value, raises here or below
     ModelConfig(vocab_size=10_000, **run.model)
     TrainConfig(**run.train)
