@@ -254,7 +254,7 @@ def test_a_word_run_given_no_recipe_starts_from_the_word_5min_one(tmp_path):
     assert any("starting from --preset word-5min" in line for line in said)
     assert (model["hidden"], model["dropout_input"], lm.config["train"]["lr"]) == \
         (recipe["hidden"], recipe["dropout_input"], recipe["lr"])
-    assert model["softmax"] == "full"                 # "auto": a vocabulary of a few thousand words or less
+    assert model["softmax"] == "full" and model["tie_weights"]   # the softmax is the embedding, tied
     assert lm.config["train"]["max_steps"] == 1       # how long is the user's to say
     plain = rnnlab.train(corpus(), tmp_path / "b", level="word", max_steps=1, hidden=32, **QUIET)
     assert plain.config["model"]["hidden"] == 32 and plain.config["model"]["dropout_input"] == 0.0  # a recipe given
