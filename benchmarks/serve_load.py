@@ -31,7 +31,8 @@ import time
 import httpx
 
 SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
-          "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2])))")
+          "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2]), "
+          "threads=int(sys.argv[3]) if sys.argv[3:] else None))")
 
 
 async def one_completion(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
@@ -180,6 +181,7 @@ def main() -> None:
                         help="the server's --max-concurrent, the engine's batch (default: 8)")
     parser.add_argument("--api", choices=["rnnlab", "openai"], default="rnnlab",
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
+    parser.add_argument("--server-threads", type=int, help="the server's --threads (default: torch's, one a core)")
     parser.add_argument("--offline", action="store_true",
                         help="first measure the offline sampler on the same model, and print the ratios")
     args = parser.parse_args()
@@ -197,7 +199,8 @@ def main() -> None:
     server = None
     url = args.url
     if url is None:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent)],
+        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent),
+                                   *([str(args.server_threads)] if args.server_threads else [])],
                                   stdout=subprocess.PIPE, text=True)
         banner = server.stdout.readline()  # "serving LanguageModel(...) on http://127.0.0.1:PORT/ ..."
         found = re.search(r"http://\S+?(?=/)", banner)

@@ -90,6 +90,7 @@ def test_a_vocabulary_that_leaves_most_words_unknown_is_warned_about(corpus, tmp
     (["generate", "{m}", "--seed", str(2**64)], "--seed must be a whole number"),
     (["evaluate", "{m}", "--device", "foo"], "unknown device 'foo'"),
     (["serve", "{m}", "--device", "foo", "--port", "0"], "unknown device 'foo'"),
+    (["serve", "{m}", "--threads", "0", "--port", "0"], "--threads must be at least 1, got 0"),
     (["hopfield", "--units", "0"], "--units and --trials must be from 1 to 10,000"),
     (["hopfield", "--trials", "2147483648"], "--units and --trials must be from 1 to 10,000"),
     (["gradients", "--clip", "abc", "--out", "{tmp}/g"], "--clip: expected a number or 'none'"),

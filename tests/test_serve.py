@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip ins
 import rnnlab  # noqa: E402
 from conftest import Forked  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
-from rnnlab.inference.serve import Limits, bind, create_app, running  # noqa: E402
+from rnnlab.inference.serve import Limits, bind, create_app, running, use_threads  # noqa: E402
 
 LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
 LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still going when a test is done with it
@@ -398,6 +398,17 @@ def test_busy_port_is_a_one_line_error():
 def test_port_out_of_range_is_a_one_line_error():
     with pytest.raises(RnnlabError, match=r"--port must be in 0\.\.65535"):
         bind("127.0.0.1", 70_000)
+
+
+def test_threads_sets_torchs_threads_for_the_process():
+    before = torch.get_num_threads()
+    try:
+        use_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RnnlabError, match="--threads must be at least 1"):
+            use_threads(0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_limits_below_one_token_are_refused():

@@ -325,6 +325,8 @@ def serve_parser(sub) -> None:
                    help="most tokens per request (default: 2000)")
     p.add_argument("--max-concurrent", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="generations running at once; later requests wait their turn (default: 8)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads for the model (default: one per core); fewer leave cores to the HTTP side")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=serve_command)
 
@@ -336,7 +338,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise RnnlabError(f"rnnlab serve needs FastAPI and uvicorn ({e.name} is missing): "
                           "pip install 'rnnlab[serve]'") from None
     limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens", "max_concurrent") if hasattr(args, k)}
-    return main_serve(args.model, args.host, args.port, device=args.device, **limits)
+    return main_serve(args.model, args.host, args.port, device=args.device, threads=args.threads, **limits)
 
 
 PARSERS = (train_parser, evaluate_parser, score_parser, generate_parser, serve_parser)

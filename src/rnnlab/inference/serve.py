@@ -468,11 +468,22 @@ def app_from_env() -> FastAPI:
     return create_app(load(model), limits)
 
 
+def use_threads(threads: int) -> None:
+    """torch's intra-op threads for this process (the engine's batched steps)."""
+    if threads < 1:
+        raise RnnlabError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
-               max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info") -> int:
-    """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status."""
+               max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info",
+               threads: int | None = None) -> int:
+    """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status. `threads`: torch's
+    threads for the model's steps (default: torch's, one per core), the rest of the cores left to the event loop."""
     limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
+    if threads is not None:
+        use_threads(threads)
     with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
         lm = load(model_dir, device=device)
         app = create_app(lm, limits)
