@@ -326,7 +326,8 @@ def serve_parser(sub) -> None:
     p.add_argument("--max-concurrent", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="generations running at once; later requests wait their turn (default: 8)")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads for the model (default: one per core); fewer leave cores to the HTTP side")
+                   help="torch threads for the model's steps (default: one fewer than the cores, that one left to "
+                        "the HTTP side; at least 1)")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=serve_command)
 

@@ -68,6 +68,7 @@ class Stream:
     ended: asyncio.Event | None = None            # ... and the end is queued
     loop: asyncio.AbstractEventLoop | None = None
     handed: float = 0.0                           # when next_tokens last returned (loop time)
+    waiting: bool = False                         # its reader awaits `ready`: only then is a step worth a wake-up
 
     def cancel(self) -> None:
         """The reader is gone: the stream leaves the batch before the next step."""
@@ -121,9 +122,14 @@ class Stream:
         elif not self.over and (wait := self.handed + every - self.loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ended.wait(), wait)
-        while (items := self.take(block=False)) == []:
-            await self.ready.wait()
-            self.ready.clear()
+        # the flag goes up before the look: a token put after the look is put after the flag, so its step wakes us
+        self.waiting = True
+        try:
+            while (items := self.take(block=False)) == []:
+                await self.ready.wait()
+                self.ready.clear()
+        finally:
+            self.waiting = False
         self.handed = self.loop.time()
         return items
 
@@ -233,10 +239,12 @@ class Engine:
 
     @staticmethod
     def _wake(streams: list[Stream]) -> None:
-        """Wake the asyncio readers (next_tokens) of these streams: one call onto each loop for all of them."""
+        """Wake the asyncio readers (next_tokens) of these streams that wait for a token, or for the end: one
+        call onto each loop for all of them. A reader gathering tokens for its next chunk is left alone, so
+        the loop is not woken each step for tokens nobody takes yet."""
         by_loop: dict = {}
         for stream in streams:
-            if stream.loop is not None:
+            if stream.loop is not None and (stream.waiting or stream.over):
                 wanted = by_loop.setdefault(stream.loop, [])
                 wanted += [stream.ready, stream.ended] if stream.over else [stream.ready]
         for loop, events in by_loop.items():
