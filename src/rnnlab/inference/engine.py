@@ -183,12 +183,13 @@ class Engine:
     # -- the worker ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        batch = _Batch()
         admitted: list[Stream] = []
         net = self.lm.net
+        batch = _Batch(0)
         try:
             with torch.inference_mode(), evaluating(net):
                 stepper = Stepper.of(net)
+                batch = _Batch(stepper.batch_dim)
                 while True:
                     with self.wake:
                         while not batch.streams and not self.waiting and not self.closed:
@@ -205,8 +206,8 @@ class Engine:
                             stream.fail(e)
                             self._wake([stream])
                             continue
-                        batch.add(stream, stream.generator or torch.Generator().manual_seed(stream.seed), hidden,
-                                  out[:, -1])
+                        batch.add(stream, stream.generator or torch.Generator().manual_seed(stream.seed),
+                                  stepper.begin(hidden), out[:, -1])
                     keep = [i for i, (stream, _) in enumerate(batch.streams)
                             if not stream.cancelled.is_set() and stream.made < stream.length]
                     ended = [batch.streams[i][0] for i in sorted(set(range(len(batch.streams))) - set(keep))]
@@ -288,7 +289,7 @@ class Engine:
                 stream.tokens.put((token, lp[token].item(), dict(zip(top.indices.tolist(), top.values.tolist()))))
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(active))
-        return stepper(tokens.to(self.lm.device), state)
+        return stepper.step(tokens.to(self.lm.device), state)
 
 
 def _plain(stream: Stream) -> bool:
@@ -302,23 +303,23 @@ def _set_all(events: list) -> None:
 
 
 class _Batch:
-    """The active streams and their state as one batch (the state in nn.LSTM/GRU/RNN layout, the logits
-    (B, V)): rows are added when a stream joins and dropped when one leaves, not gathered every step."""
+    """The active streams and their state as one batch (the state as the Stepper keeps it between steps,
+    its rows along `dim`; the logits (B, V)): rows are added when a stream joins and dropped when one
+    leaves, not gathered every step."""
 
-    def __init__(self):
+    def __init__(self, dim: int):
+        self.dim = dim
         self.streams: list[tuple[Stream, torch.Generator]] = []
         self.state = None
         self.logits: torch.Tensor | None = None
 
-    def add(self, stream: Stream, generator: torch.Generator, hidden, logits: torch.Tensor) -> None:
+    def add(self, stream: Stream, generator: torch.Generator, state, logits: torch.Tensor) -> None:
         self.streams.append((stream, generator))
         if self.state is None:
-            self.state, self.logits = hidden, logits
-        elif isinstance(hidden, tuple):
-            self.state = tuple(torch.cat([a, b], 1) for a, b in zip(self.state, hidden))
-            self.logits = torch.cat([self.logits, logits])
+            self.state, self.logits = state, logits
         else:
-            self.state, self.logits = torch.cat([self.state, hidden], 1), torch.cat([self.logits, logits])
+            self.state = _each(lambda a, b: torch.cat([a, b], self.dim), self.state, state)
+            self.logits = torch.cat([self.logits, logits])
 
     def keep(self, rows: list[int]) -> None:
         if len(rows) == len(self.streams):
@@ -329,5 +330,11 @@ class _Batch:
             return
         index = torch.tensor(rows, device=self.logits.device)
         self.logits = self.logits[index]
-        self.state = (tuple(part.index_select(1, index) for part in self.state) if isinstance(self.state, tuple)
-                      else self.state.index_select(1, index))
+        self.state = _each(lambda part: part.index_select(self.dim, index), self.state)
+
+
+def _each(fn, *states):
+    """`fn` over the tensors of states of one shape (a tensor, or lists and tuples of them), zipped."""
+    if isinstance(states[0], torch.Tensor):
+        return fn(*states)
+    return type(states[0])(_each(fn, *parts) for parts in zip(*states))

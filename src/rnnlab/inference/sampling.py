@@ -190,6 +190,12 @@ class Stepper:
         self.H = H
         self.activation = torch.relu if self.cell == "rnn-relu" else torch.tanh
 
+    @property
+    def batch_dim(self) -> int:
+        """The dimension of the state's tensors that holds the batch's rows: 0 in the stepper's own
+        per-layer state, 1 in the nn.LSTM/GRU/RNN layout the models it does not cover keep."""
+        return 0 if self.fast else 1
+
     def begin(self, hidden):
         """nn.LSTM/GRU/RNN-style hidden -> the stepper's state (per layer: h, or (h, c))."""
         if not self.fast:
