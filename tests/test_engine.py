@@ -159,3 +159,44 @@ def test_a_reader_gathering_tokens_gets_the_end_at_once(lm):
             assert len(tokens) == length and seconds < 15, (length, seconds)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("options", [dict(cell="lstm", input="onehot"), dict(cell="gru", layers=2)])
+def test_models_the_stepper_does_or_does_not_cover_write_what_generate_writes(tmp_path, options):
+    # the batch keeps the state as the stepper does: its own per-layer rows, or nn.LSTM/GRU's (layers, batch, H)
+    from conftest import QUIET, TINY, shakespeare
+    from rnnlab.data.corpus import Corpus
+    lm = rnnlab.train(Corpus("s", shakespeare(8_000), shakespeare(2_000)), tmp_path / "m", **{**TINY, **options},
+                      max_steps=3, **QUIET)
+    engine = Engine(lm, max_batch=4)
+    try:
+        streams = [engine.submit(lm.encode_prompt("ROMEO:"), length=40 + 10 * seed, seed=seed) for seed in range(3)]
+        for seed, stream in enumerate(streams):    # three rows, leaving one by one
+            assert text_of(lm, "ROMEO:", stream) == lm.generate("ROMEO:", length=40 + 10 * seed, seed=seed)
+    finally:
+        engine.close()
+
+
+def test_a_reader_gathering_tokens_is_not_woken_every_step(lm, monkeypatch):
+    # the engine wakes a reader's event loop only when it waits for a token: a reader taking its tokens every
+    # 50 ms costs a few wake-ups, not one a step
+    import asyncio
+
+    from rnnlab.inference import engine as module
+    calls = []
+    wake = module._set_all
+    monkeypatch.setattr(module, "_set_all", lambda events: (calls.append(len(events)), wake(events)))
+
+    async def read(stream) -> list[int]:
+        tokens = []
+        while (batch := await stream.next_tokens(every=0.05)) is not None:
+            tokens += batch
+        return tokens
+
+    engine = Engine(lm, max_batch=4)
+    try:
+        tokens = asyncio.run(read(engine.submit(lm.encode_prompt("ROMEO:"), length=2_000, seed=3)))
+    finally:
+        engine.close()
+    assert lm.tokenizer.decode(tokens) == lm.generate("ROMEO:", length=2_000, seed=3)[6:]
+    assert engine.steps >= 2_000 and len(calls) < engine.steps / 4, (len(calls), engine.steps)
