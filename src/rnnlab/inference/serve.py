@@ -479,9 +479,8 @@ def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
                max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
                max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info",
                threads: int | None = None) -> int:
-    """`rnnlab serve`: load the model, listen, serve until Ctrl-C. Returns the exit status. `threads`: torch's
-    threads for the engine's steps; by default one core fewer than torch would use, that core left to the HTTP
-    side (on 2 cores, 1 thread serves 32 clients ~40% faster than 2: benchmarks/RESULTS.md, issue 16)."""
+    """`rnnlab serve`: load the model, listen, serve until Ctrl-C; the exit status. `threads` (torch's, for the
+    engine) defaults to one fewer than the cores: that one is the event loop's (benchmarks/RESULTS.md, issue 16)."""
     limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
     use_threads(max(1, torch.get_num_threads() - 1) if threads is None else threads)
     with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
