@@ -181,7 +181,8 @@ def main() -> None:
                         help="the server's --max-concurrent, the engine's batch (default: 8)")
     parser.add_argument("--api", choices=["rnnlab", "openai"], default="rnnlab",
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
-    parser.add_argument("--server-threads", type=int, help="the server's --threads (default: the server's, one fewer than the cores)")
+    parser.add_argument("--server-threads", type=int,
+                        help="the server's --threads (default: the server's, one fewer than the cores)")
     parser.add_argument("--offline", action="store_true",
                         help="first measure the offline sampler on the same model, and print the ratios")
     args = parser.parse_args()

@@ -185,7 +185,7 @@ class Engine:
     def _run(self) -> None:
         admitted: list[Stream] = []
         net = self.lm.net
-        batch = _Batch(0)
+        batch = _Batch(0)  # until the stepper is made (its dim): the error paths below read its streams, none yet
         try:
             with torch.inference_mode(), evaluating(net):
                 stepper = Stepper.of(net)
