@@ -64,7 +64,7 @@ def main() -> None:
     test = rnnlab.evaluate(str(out), split="test", progress=False)["perplexity"]
     valid = lm.config["results"]["valid"]["perplexity"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = max(r.get("step", 0) for r in records)
+    steps = lm.config["steps"]
     epochs = max(r.get("epoch", 0) for r in records)
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r and r.get("step", 0) > 100]
     rate = f"{min(rates):,.0f}-{max(rates):,.0f}" if rates else "?"
