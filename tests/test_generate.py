@@ -138,6 +138,23 @@ def test_fast_single_step_path_matches_the_module(cell, input, table, monkeypatc
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_prompts_of_different_lengths_read_together_end_where_each_alone_ends(cell):
+    from rnnlab.inference.sampling import Stepper
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=20, cell=cell, hidden=16, embed_dim=8, layers=2)).eval()
+    stepper = Stepper(net)
+    prompts = [[3, 1, 4, 1, 5], [9], [2, 6, 5], [3, 5, 8, 9, 7, 9, 3]]   # unsorted lengths: order must hold
+    with torch.inference_mode():
+        logits, state = stepper.prefill(prompts)
+        for row, prompt in enumerate(prompts):
+            expected, _, hidden = net(torch.tensor([prompt]))
+            assert torch.allclose(logits[row], expected[0, -1], atol=1e-5), row
+            ends = stepper.end(state)
+            for got, want in zip(ends if cell == "lstm" else (ends,), hidden if cell == "lstm" else (hidden,)):
+                assert torch.allclose(got[:, row], want[:, 0], atol=1e-5), row
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_batched_generation_steps_every_stream_like_the_module(cell):
     from rnnlab.inference.sampling import sample_ids

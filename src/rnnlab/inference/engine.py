@@ -198,16 +198,9 @@ class Engine:
                             break
                         while self.waiting and len(batch.streams) + len(admitted) < self.max_batch:
                             admitted.append(self.waiting.popleft())
-                    while admitted:  # prefill: the prompt in one fused call; a failure fails that stream only
-                        stream = admitted.pop(0)
-                        try:
-                            out, _, hidden = net(torch.tensor([stream.prompt], device=self.lm.device))
-                        except Exception as e:  # noqa: BLE001 — handed to its reader, who raises it
-                            stream.fail(e)
-                            self._wake([stream])
-                            continue
-                        batch.add(stream, stream.generator or torch.Generator().manual_seed(stream.seed),
-                                  stepper.begin(hidden), out[:, -1])
+                    if admitted:
+                        self._admit(stepper, batch, admitted)
+                        admitted = []
                     keep = [i for i, (stream, _) in enumerate(batch.streams)
                             if not stream.cancelled.is_set() and stream.made < stream.length]
                     ended = [batch.streams[i][0] for i in sorted(set(range(len(batch.streams))) - set(keep))]
@@ -237,6 +230,27 @@ class Engine:
                 for stream in self.waiting:
                     stream.end()
                 self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
+
+    def _admit(self, stepper: Stepper, batch: _Batch, streams: list[Stream], together: bool = True) -> None:
+        """Prefill: the prompts admitted together, in one call of the fused kernel where the stepper can
+        (`Stepper.prefill`), else one by one; a prompt that fails fails its stream alone."""
+        groups = [streams] if together and stepper.fast else [[stream] for stream in streams]
+        for group in groups:
+            try:
+                if stepper.fast:
+                    logits, state = stepper.prefill([stream.prompt for stream in group])
+                else:
+                    out, _, hidden = self.lm.net(torch.tensor([group[0].prompt], device=self.lm.device))
+                    logits, state = out[:, -1], stepper.begin(hidden)
+            except Exception as e:  # noqa: BLE001 — handed to its reader, who raises it
+                if len(group) > 1:  # which one? each alone
+                    self._admit(stepper, batch, group, together=False)
+                    continue
+                group[0].fail(e)
+                self._wake(group)
+                continue
+            batch.add(group, [stream.generator or torch.Generator().manual_seed(stream.seed) for stream in group],
+                      state, logits)
 
     @staticmethod
     def _wake(streams: list[Stream]) -> None:
@@ -313,8 +327,9 @@ class _Batch:
         self.state = None
         self.logits: torch.Tensor | None = None
 
-    def add(self, stream: Stream, generator: torch.Generator, state, logits: torch.Tensor) -> None:
-        self.streams.append((stream, generator))
+    def add(self, streams: list[Stream], generators: list[torch.Generator], state, logits: torch.Tensor) -> None:
+        """Streams join as rows of `state` and `logits`, in order."""
+        self.streams += zip(streams, generators)
         if self.state is None:
             self.state, self.logits = state, logits
         else:
