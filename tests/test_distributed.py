@@ -30,14 +30,14 @@ def last_step(out) -> int:
     return max(train_losses(out), default=0) if (out / "metrics.jsonl").exists() else 0
 
 
-def kill_tree(pid: int) -> None:
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     """SIGKILL a torchrun agent and the workers it started (each in a session of its own, so a process
-    group does not reach them): a machine that dies."""
+    group does not reach them): a machine that dies. Or another signal to all of them (SIGSTOP: it freezes)."""
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     for child in children:
-        kill_tree(int(child))
+        kill_tree(int(child), sig)
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
     except ProcessLookupError:
         pass
 
@@ -123,15 +123,30 @@ KILL_ARGS = [*[a if a != "30" else "100000" for a in ARGS], "--dropout", "0.1", 
              "--variable-bptt", "--save-every", "4"]
 
 
-def wait_past_a_save(out, proc, after: int = 9) -> None:
-    """Until the step after a save (9, 13, ...) is logged: a few steps lie between the checkpoint a resume
-    starts from and the last step logged, and the resumed run must retake them."""
+def kill_past_a_save(out, nodes, after: int = 9) -> None:
+    """Kill node 1 once a step after the last checkpoint is logged (step 9 or later), so that the resumed
+    run has steps to retake. Between a look at the log and the kill both nodes go on, under load past the
+    next checkpoint (steps take milliseconds); so node 1 is frozen first (node 0 then waits for it at the
+    step's all-reduce and logs nothing more), the log is read, and node 1 is killed only if the last step
+    logged is not one a checkpoint is taken at (--save-every 4, and each validation: --eval-every 10)."""
     deadline = time.time() + 120
-    while (last := last_step(out)) < after or last % 4 != 1:
-        if proc.poll() is not None or time.time() > deadline:
-            kill_tree(proc.pid)
-            pytest.fail(f"the job ended ({proc.poll()}) or stalled at step {last}: {proc.communicate()[1][-3000:]}")
-        time.sleep(0.002)
+    while True:
+        while (last := last_step(out)) < after:
+            if nodes[0].poll() is not None or time.time() > deadline:
+                kill_tree(nodes[0].pid)
+                pytest.fail(f"the job ended ({nodes[0].poll()}) or stalled at step {last}: "
+                            f"{nodes[0].communicate()[1][-3000:]}")
+            time.sleep(0.002)
+        kill_tree(nodes[1].pid, signal.SIGSTOP)
+        seen = -1
+        while seen != (last := last_step(out)):  # node 0 finishes the step it is in (its log line too) and waits
+            seen = last
+            time.sleep(0.3)
+        if last % 4 and last % 10:
+            kill_tree(nodes[1].pid)  # the whole machine: its agent and its worker
+            return
+        kill_tree(nodes[1].pid, signal.SIGCONT)  # stopped on a checkpoint's step: on to the next step
+        after = last + 1
 
 
 def assert_retaken(before: dict, after: dict, start: int) -> None:
@@ -147,8 +162,7 @@ def test_a_killed_node_ends_the_job_with_a_clear_error_and_resume_continues_exac
     nodes = [node(rank, port, "train", corpus_file, "--out", out, *KILL_ARGS, cwd=homes[rank], cache=caches[rank])
              for rank in (0, 1)]
     try:
-        wait_past_a_save(out, nodes[0])
-        kill_tree(nodes[1].pid)  # the whole machine: its agent and its worker
+        kill_past_a_save(out, nodes)
         _, stderr = nodes[0].communicate(timeout=120)  # no hang: the other node ends by itself
     finally:
         for proc in nodes:
