@@ -55,6 +55,25 @@ def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(lm):
     assert len({results[i] for i in range(18) if i % 3}) == 12          # the others are their own
 
 
+def test_prompts_admitted_together_are_read_in_one_call_and_each_stream_writes_what_it_writes_alone(lm, monkeypatch):
+    from rnnlab.inference import sampling
+    calls = []
+    real = sampling.Stepper.prefill
+    monkeypatch.setattr(sampling.Stepper, "prefill", lambda self, prompts: (calls.append(len(prompts)),
+                                                                            real(self, prompts))[1])
+    prompts = ["ROMEO:", "A", "JULIET: Good", "To be, or not", "Wh"]
+    engine = Engine(lm, max_batch=8)
+    try:
+        with engine.wake:  # the worker waits for this lock: all five are waiting when it next looks
+            streams = [engine.submit(lm.encode_prompt(p), length=60, seed=i, temperature=0.9)
+                       for i, p in enumerate(prompts)]
+        texts = [text_of(lm, p, s) for p, s in zip(prompts, streams)]
+    finally:
+        engine.close()
+    assert calls == [5]
+    assert texts == [lm.generate(p, length=60, seed=i, temperature=0.9) for i, p in enumerate(prompts)]
+
+
 def test_at_most_max_batch_streams_step_together_and_the_rest_wait_in_order(lm):
     engine = Engine(lm, max_batch=2)
     prompt = lm.encode_prompt("A")
