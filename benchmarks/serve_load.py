@@ -32,7 +32,7 @@ import httpx
 
 SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2]), "
-          "threads=int(sys.argv[3]) if sys.argv[3:] else None))")
+          "precision=sys.argv[3], threads=int(sys.argv[4]) if sys.argv[4:] else None))")
 
 
 async def one_completion(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
@@ -107,10 +107,10 @@ def rss_mb(pid: int | None) -> float | None:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def offline_rates(model: str, counts: list[int], steps: int = 1000) -> dict[int, float]:
+def offline_rates(model: str, counts: list[int], steps: int = 1000, precision: str = "fp32") -> dict[int, float]:
     """Tokens/s of rnnlab's offline sampler (`sample_ids`) on `model`, for each count of streams at once."""
     import rnnlab
-    lm = rnnlab.load(model)
+    lm = rnnlab.load(model, precision=precision)
     return {streams: offline_rate(lm, streams, steps) for streams in counts}
 
 
@@ -123,7 +123,8 @@ def offline_rate(lm, streams: int, steps: int) -> float:
     with torch.inference_mode():
         for _ in range(2):
             started = time.perf_counter()
-            for _ in sample_ids(lm.net, prompt, steps, generator=torch.Generator().manual_seed(1)):
+            for _ in sample_ids(lm.net, prompt, steps, generator=torch.Generator().manual_seed(1),
+                                precision=lm.precision):
                 pass
             best = max(best, streams * steps / (time.perf_counter() - started))
     return best
@@ -183,6 +184,8 @@ def main() -> None:
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
     parser.add_argument("--server-threads", type=int,
                         help="the server's --threads (default: the server's, one fewer than the cores)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the server's --precision, and the offline sampler's (default: fp32)")
     parser.add_argument("--offline", action="store_true",
                         help="first measure the offline sampler on the same model, and print the ratios")
     args = parser.parse_args()
@@ -192,15 +195,17 @@ def main() -> None:
         parser.error("--offline needs the MODEL directory")
     offline = {}
     if args.offline:
-        offline = offline_rates(args.model, sorted({1, min(args.clients, args.max_concurrent)}))  # the engine's batch
+        offline = offline_rates(args.model, sorted({1, min(args.clients, args.max_concurrent)}),  # the engine's batch
+                                precision=args.precision)
         for streams in offline:
-            print(f"offline   {streams} stream(s): {offline[streams]:,.0f} tokens/s (sample_ids, same model)")
+            print(f"offline   {streams} stream(s): {offline[streams]:,.0f} tokens/s (sample_ids, same model, "
+                  f"{args.precision})")
 
     body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "stream": True, "_api": args.api}
     server = None
     url = args.url
     if url is None:
-        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent),
+        server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent), args.precision,
                                    *([str(args.server_threads)] if args.server_threads else [])],
                                   stdout=subprocess.PIPE, text=True)
         banner = server.stdout.readline()  # "serving LanguageModel(...) on http://127.0.0.1:PORT/ ..."

@@ -41,6 +41,15 @@ def test_generate_is_reproducible_with_seed_and_writes_out_file(tiny_model, tmp_
     assert (tmp_path / "o.txt").read_text().strip() == first.stdout.strip()
 
 
+def test_generate_precision_bf16_writes_what_the_library_writes_in_bf16(tiny_model):
+    import rnnlab
+    result = cli("generate", tiny_model, "--prompt", "ROMEO:", "--length", "60", "--seed", "3", "--precision", "bf16")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == rnnlab.load(tiny_model, precision="bf16").generate("ROMEO:", length=60, seed=3)
+    wrong = cli("generate", tiny_model, "--precision", "fp16")
+    assert wrong.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in wrong.stderr
+
+
 def test_generate_out_is_not_created_when_generation_fails(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     refused(cli("generate", tmp_path / "not-a-model", "--out", tmp_path / "o.txt"), "not a model directory")

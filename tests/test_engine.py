@@ -74,6 +74,19 @@ def test_prompts_admitted_together_are_read_in_one_call_and_each_stream_writes_w
     assert texts == [lm.generate(p, length=60, seed=i, temperature=0.9) for i, p in enumerate(prompts)]
 
 
+def test_in_bf16_a_stream_still_writes_what_generate_writes(tiny_model):
+    lm = rnnlab.load(tiny_model, precision="bf16")
+    engine = Engine(lm, max_batch=4)
+    try:
+        streams = [engine.submit(lm.encode_prompt("ROMEO:"), length=80, seed=seed) for seed in range(3)]
+        texts = [text_of(lm, "ROMEO:", stream) for stream in streams]
+    finally:
+        engine.close()
+    from rnnlab.inference.sampling import _SHARED
+    assert list(_SHARED[lm.net]) == ["bf16"]                           # the engine stepped with the bf16 stepper
+    assert texts == [lm.generate("ROMEO:", length=80, seed=seed) for seed in range(3)]
+
+
 def test_at_most_max_batch_streams_step_together_and_the_rest_wait_in_order(lm):
     engine = Engine(lm, max_batch=2)
     prompt = lm.encode_prompt("A")

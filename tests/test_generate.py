@@ -139,6 +139,32 @@ def test_fast_single_step_path_matches_the_module(cell, input, table, monkeypatc
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_bf16_step_stays_within_bfloat16_rounding_of_the_fp32_step(cell, packed, monkeypatch):
+    from rnnlab.inference import sampling
+    if not packed:  # torch without oneDNN's packed product (or a future torch that renamed it): the plain product
+        def missing(x, packed):
+            raise RuntimeError("No such operator mkldnn::_linear_pointwise")
+        monkeypatch.setattr(sampling._Product, "_packed_product", staticmethod(missing))
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=20, cell=cell, hidden=32, embed_dim=16, layers=2)).eval()
+    fp32, bf16 = sampling.Stepper(net), sampling.Stepper(net, "bf16")
+    assert all((product.packed is not None) == (packed and torch.backends.mkldnn.is_available())
+               for product, _, product_hh, _ in bf16.layers for product in (product, product_hh))
+    with torch.inference_mode():
+        _, _, hidden = net(torch.randint(20, (4, 7)))
+        state32, state16 = fp32.begin(hidden), bf16.begin(hidden)
+        for _ in range(20):  # the two drift apart only by rounding, step after step
+            token = torch.randint(20, (4,))
+            logits32, state32 = fp32.step(token, state32)
+            logits16, state16 = bf16.step(token, state16)
+    assert logits16.dtype == torch.float32 and not torch.equal(logits16, logits32)   # it did run in bfloat16
+    assert torch.allclose(logits16, logits32, atol=0.05), (logits16 - logits32).abs().max()
+    with pytest.raises(RnnlabError, match="--precision must be one of fp32, bf16"):
+        sampling.Stepper(net, "fp16")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_prompts_of_different_lengths_read_together_end_where_each_alone_ends(cell):
     from rnnlab.inference.sampling import Stepper
     torch.manual_seed(0)

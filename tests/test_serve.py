@@ -375,7 +375,8 @@ def test_every_stream_shares_one_copy_of_the_arranged_weights(lm, monkeypatch):
     from rnnlab.inference import sampling
     made = []
     real_init = sampling.Stepper.__init__
-    monkeypatch.setattr(sampling.Stepper, "__init__", lambda self, net: (made.append(1), real_init(self, net))[1])
+    monkeypatch.setattr(sampling.Stepper, "__init__",
+                        lambda self, net, precision="fp32": (made.append(1), real_init(self, net, precision))[1])
     sampling._SHARED.clear()
     streams = [lm.stream("A", length=5, seed=i) for i in range(20)]
     texts = ["".join(s) for s in streams]

@@ -184,11 +184,12 @@ class Engine:
 
     def _run(self) -> None:
         admitted: list[Stream] = []
-        net = self.lm.net
+        lm = self.lm
+        net = lm.net
         batch = _Batch(0)  # until the stepper is made (its dim): the error paths below read its streams, none yet
         try:
             with torch.inference_mode(), evaluating(net):
-                stepper = Stepper.of(net)
+                stepper = Stepper.of(net, lm.precision)
                 batch = _Batch(stepper.batch_dim)
                 while True:
                     with self.wake:

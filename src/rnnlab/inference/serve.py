@@ -19,15 +19,15 @@ How one model serves many clients at once:
                     ▼  stream.next_tokens()   the engine wakes the loop once a step for all its streams
     event loop ◄── pieces ──► JSON body, or the SSE events of every piece made since (one write)
 
-The event loop never runs the network, so a long generation does not hold up a short one. A
-client that hangs up cancels its stream, which leaves the batch at the next step. A baseline
-(HMM, n-gram) has no batched step: its generations run lm.stream, a hop per token.
+The event loop never runs the network: a long generation does not hold up a short one. A client that
+hangs up cancels its stream. A baseline (HMM, n-gram) has no batched step: it runs lm.stream.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and the request model they name is local to create_app.
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import os
@@ -314,6 +314,7 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        gc.freeze()  # what start-up made (torch, the app, the model) leaves the collector's full passes: 100 ms pauses
         yield
         if engine is not None:
             engine.close()
@@ -409,9 +410,8 @@ def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=128)
-        # accepted connections inherit it. asyncio sets it only on sockets made with proto=IPPROTO_TCP, which
-        # create_server's are not: without it, Nagle's algorithm and the client's delayed ACK held every
-        # response on a kept-alive connection (and every first token) back ~40 ms
+        # accepted connections inherit it (asyncio sets it only on sockets made with proto=IPPROTO_TCP): without it,
+        # Nagle's algorithm and the client's delayed ACK held every response (and first token) back ~40 ms
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     except OSError as e:
@@ -459,13 +459,13 @@ def app_from_env() -> FastAPI:
 
         RNNLAB_MODEL=runs/demo uvicorn --factory rnnlab.inference.serve:app_from_env --workers 2 --port 8000
 
-    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8)."""
+    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8), $RNNLAB_PRECISION its --precision."""
     model = os.environ.get("RNNLAB_MODEL")
     if not model:
         raise RnnlabError("set RNNLAB_MODEL to the model directory to serve")
     limits = Limits(max_concurrent=int(os.environ.get("RNNLAB_MAX_CONCURRENT", Limits.max_concurrent)))
     warnings.simplefilter("ignore", RnnlabWarning)
-    return create_app(load(model), limits)
+    return create_app(load(model, precision=os.environ.get("RNNLAB_PRECISION", "fp32")), limits)
 
 
 def use_threads(threads: int) -> None:
@@ -478,13 +478,13 @@ def use_threads(threads: int) -> None:
 def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
                max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info",
-               threads: int | None = None) -> int:
+               threads: int | None = None, precision: str = "fp32") -> int:
     """`rnnlab serve`: load the model, listen, serve until Ctrl-C; the exit status. `threads` (torch's, for the
     engine) defaults to one fewer than the cores: that one is the event loop's (benchmarks/RESULTS.md, issue 16)."""
     limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
     use_threads(max(1, torch.get_num_threads() - 1) if threads is None else threads)
     with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
-        lm = load(model_dir, device=device)
+        lm = load(model_dir, device=device, precision=precision)
         app = create_app(lm, limits)
         # unknown prompt words are reported in each response; the server log need not repeat them
         warnings.simplefilter("ignore", RnnlabWarning)

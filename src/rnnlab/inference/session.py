@@ -58,7 +58,7 @@ class Session:
             raise RnnlabError(f"--length must be >= 0, got {length}")
         if self.logits is None:  # nothing read yet: start from a line's start
             self.read("\n")
-        stepper = Stepper.of(self.lm.net)
+        stepper = Stepper.of(self.lm.net, self.lm.precision)
         with evaluating(self.lm.net):
             for _ in range(length):
                 token = next_token(self.logits, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
