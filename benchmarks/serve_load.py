@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import re
 import statistics
@@ -138,11 +139,25 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
     # one client object, a connection each: made before the clock starts (an httpx client builds an SSL
     # context, ~30 ms of this process's event loop, which would land in the first requests' TTFT)
     pool = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    collections = []  # this process's full (generation-2) garbage collections during the load, and their ms
+    timer = {}
+
+    def gen2(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            timer[phase] = time.perf_counter()
+            if phase == "stop":
+                collections.append(1000 * (timer["stop"] - timer["start"]))
+
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=pool) as client:
+        # what start-up made (torch, with --offline) out of the collector's full passes, as the server does: a pass
+        # over it took ~85 ms, which would land in the TTFT of every request then in flight
+        gc.freeze()
+        gc.callbacks.append(gen2)
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client, body, started + seconds, results, errors, later)
                                for _ in range(clients)))
         elapsed = time.perf_counter() - started
+        gc.callbacks.remove(gen2)
     rss_end = rss_mb(server_pid)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         health = (await client.get("/healthz")).json()
@@ -161,6 +176,8 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
             print(f"ttft      after each client's first request (the start-up burst left out): p50 "
                   f"{1000 * statistics.median(steady):.1f} ms, p99 "
                   f"{1000 * statistics.quantiles(steady, n=100, method='inclusive')[98]:.1f} ms ({len(later)} requests)")
+    print(f"client    {len(collections)} full garbage collection(s) in the load generator during the load"
+          + (f", the longest {max(collections):.0f} ms" if collections else ""))
     print(f"errors    {len(errors)}" + "".join(f"\n  {e}" for e in sorted(set(errors))[:5]))
     print(f"queue     longest wait for a generation slot {health.get('longest_wait_s', float('nan')):.3f} s "
           f"(server's /healthz)")
