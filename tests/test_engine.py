@@ -31,7 +31,9 @@ def test_a_stream_writes_what_generate_writes(lm):
         engine.close()
 
 
-def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(lm):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(tiny_model, precision):
+    lm = rnnlab.load(tiny_model, precision=precision)
     alone = lm.generate("JULIET:", length=150, seed=7, temperature=0.9)
     engine = Engine(lm, max_batch=16)
     results: dict[int, str] = {}
