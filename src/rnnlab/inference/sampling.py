@@ -138,8 +138,9 @@ def check_precision(precision: str) -> None:
 class _Product:
     """`add + x @ weight.T` in float32, for one weight (N, K) of the stepper. In fp32, torch's addmm. In bf16,
     the weight is converted once to bfloat16 and, on a CPU with oneDNN, reordered once into the layout its
-    matrix kernel reads (what inductor does for frozen weights): on AMX a batch of 32 steps 4.5x faster, one
-    stream 1.7x (benchmarks/RESULTS.md); the input is rounded to bfloat16, the sum kept in float32."""
+    matrix kernel reads (what inductor does for frozen weights): on AMX a product for a batch of 32 runs 4.5x
+    faster, for one stream 1.7x, though one stream's whole step is not faster (benchmarks/RESULTS.md); the input
+    is rounded to bfloat16, the sum kept in float32."""
 
     def __init__(self, weight: torch.Tensor, precision: str):
         self.bf16, self.packed = precision == "bf16", None
