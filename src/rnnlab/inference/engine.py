@@ -4,7 +4,8 @@ An RNN's state has a fixed size, so every active stream can take its next step i
 call, with no cache growing with length. One worker thread owns the model:
 
     submit(prompt ids) ──► waiting (first come, first served) ──► admitted when a slot is free:
-                           its prompt read in one fused call ──► its state joins the batch (a row)
+                           the prompts admitted together read in one packed call of the fused
+                           kernel (Stepper.prefill) ──► their states join the batch (a row each)
     each step:  the batch's logits ──► each stream samples its own token (its own settings and random
                 generator; the plain ones as one batch) ──► tokens handed out ──► one batched step;
                 a stream that is done, or cancelled by its reader, leaves the batch (its row) at once
@@ -17,8 +18,9 @@ call, with no cache growing with length. One worker thread owns the model:
     engine.close()
 
 A model trained on many files ends a stream at the end of a document (its `finish` is then "stop").
-A stream with the same prompt, settings and seed gives the same tokens whatever else runs beside
-it: its random generator is its own, and its row of the batch is computed from its own state
+The model's `precision` ("bf16": `rnnlab.load(..., precision="bf16")`) is the stepper's. A stream with the
+same prompt, settings and seed gives the same tokens whatever else runs beside it: its random generator is its
+own, and its row of the batch (and of its prompt's packed read) is computed from its own state
 (the batched matrix products may round differently from a batch of one in the last bit, which
 changes a sampled token only if the draw falls within that rounding of a boundary).
 """
