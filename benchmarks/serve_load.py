@@ -31,7 +31,7 @@ import time
 
 import httpx
 
-SERVER = ("import sys; from rnnlab.inference.serve import main_serve; "
+SERVER = ("import sys; from rnnlab.inference.launch import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2]), "
           "precision=sys.argv[3], threads=int(sys.argv[4]) if sys.argv[4:] else None))")
 

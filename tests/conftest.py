@@ -173,6 +173,10 @@ class Forked:
             sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a new interpreter's handlers
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # what multiprocessing resets in a child it forks itself (its fd-passing thread's state, copied
+            # from this process, would be stale: `serve --engine process` starts a process of its own)
+            import multiprocessing.util
+            multiprocessing.util._run_after_forkers()
             if before is not None:
                 before()
             from rnnlab.cli import main

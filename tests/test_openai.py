@@ -13,7 +13,8 @@ if importlib.util.find_spec("openai") is None:
 httpx = pytest.importorskip("httpx")
 
 import rnnlab  # noqa: E402
-from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
+from rnnlab.inference.launch import running  # noqa: E402
+from rnnlab.inference.serve import Limits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")  # session: xdist may interleave modules

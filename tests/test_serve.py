@@ -21,7 +21,8 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip ins
 import rnnlab  # noqa: E402
 from conftest import Forked  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
-from rnnlab.inference.serve import Limits, bind, create_app, running, use_threads  # noqa: E402
+from rnnlab.inference.launch import bind, running, use_threads  # noqa: E402
+from rnnlab.inference.serve import Limits, create_app  # noqa: E402
 
 LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
 LONG = LIMITS.max_tokens  # a stream this long runs for a minute or more: still going when a test is done with it
@@ -448,7 +449,7 @@ def test_a_served_model_of_many_files_stops_at_the_end_of_a_document(tmp_path):
 
 
 def test_a_process_manager_builds_the_app_from_the_environment(tiny_model, monkeypatch):
-    from rnnlab.inference.serve import app_from_env
+    from rnnlab.inference.launch import app_from_env
     monkeypatch.delenv("RNNLAB_MODEL", raising=False)
     with pytest.raises(RnnlabError, match="set RNNLAB_MODEL"):
         app_from_env()
@@ -464,7 +465,7 @@ def test_connections_are_accepted_with_nagles_algorithm_off():
     # asyncio turns TCP_NODELAY on only for sockets made with proto=IPPROTO_TCP, which bind's are not; without
     # it each response on a kept-alive connection waited ~40 ms for the client's delayed ACK
     import socket
-    from rnnlab.inference.serve import bind
+    from rnnlab.inference.launch import bind
     with bind("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()[:2]):
         connection, _ = listener.accept()
         with connection:

@@ -20,7 +20,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the page tests nee
                                                              "(pip install playwright; no browser download)")
 
 import rnnlab  # noqa: E402
-from rnnlab.inference.serve import Limits, create_app, running  # noqa: E402
+from rnnlab.inference.launch import running  # noqa: E402
+from rnnlab.inference.serve import Limits, create_app  # noqa: E402
 
 expect = sync_api.expect
 # headless, and quiet: no GPU, no QUIC, no update or sync traffic to anywhere

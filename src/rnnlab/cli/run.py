@@ -331,6 +331,9 @@ def serve_parser(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for the model's steps (default: one fewer than the cores, that one left to "
                         "the HTTP side; at least 1)")
+    p.add_argument("--engine", choices=["thread", "process"], default="thread",
+                   help="step the streams on a thread of this process, or in a process of its own (no interpreter "
+                        "lock shared with the HTTP side; loads the model twice) (default: thread)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the engine's matrix products: bf16 is several times faster on a CPU with AMX, and gives "
                         "slightly different text for a seed (default: fp32)")
@@ -340,13 +343,13 @@ def serve_parser(sub) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     try:
-        from rnnlab.inference.serve import main_serve
+        from rnnlab.inference.launch import main_serve
     except ImportError as e:
         raise RnnlabError(f"rnnlab serve needs FastAPI and uvicorn ({e.name} is missing): "
                           "pip install 'rnnlab[serve]'") from None
     limits = {k: getattr(args, k) for k in ("max_prompt_chars", "max_tokens", "max_concurrent") if hasattr(args, k)}
     return main_serve(args.model, args.host, args.port, device=args.device, threads=args.threads,
-                      precision=args.precision, **limits)
+                      precision=args.precision, engine=args.engine, **limits)
 
 
 PARSERS = (train_parser, evaluate_parser, score_parser, generate_parser, serve_parser)

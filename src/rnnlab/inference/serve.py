@@ -28,22 +28,15 @@ hangs up cancels its stream. A baseline (HMM, n-gram) has no batched step: it ru
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import json
-import os
 import secrets
-import socket
-import sys
-import threading
 import time
-import warnings
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import torch
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -51,10 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from rnnlab.version import __version__
-from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.errors import RnnlabError
 from rnnlab.inference.engine import FLUSH_SECONDS, Engine
 from rnnlab.inference.lm import LanguageModel, TextModel
-from rnnlab.inference.loading import load
 from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
 
 DEFAULT_TOKENS = 200  # a request that does not say how many tokens gets this many (or the cap, if lower)
@@ -302,15 +294,18 @@ STREAM_EXAMPLE = (_sse({"text": "ROMEO:"}) + _sse({"text": "\n"}) + _sse({"text"
 # -- the app ---------------------------------------------------------------------------------------
 
 
-def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI app serving `lm`; run it with uvicorn (main_serve, or `running` in a thread)."""
+def create_app(lm: TextModel, limits: Limits = Limits(), engine=None) -> FastAPI:
+    """The FastAPI app serving `lm`; run it with uvicorn (launch.py: main_serve, or `running` in a thread).
+    `engine`: what steps an RNN's streams (default: an `Engine` in this process; launch.py can start a
+    `ProcessEngine`); the app closes it when it stops."""
     name = lm.path.name if lm.path else "model"
     index_html = files("rnnlab").joinpath("static", "index.html").read_text(encoding="utf-8")
     GenerateRequest = request_model(limits)
     counters = Counters()
     slots = asyncio.Semaphore(limits.max_concurrent)
     # an RNN's streams step together in one batch (inference/engine.py); a baseline's one by one
-    engine = Engine(lm, max_batch=limits.max_concurrent) if isinstance(lm, LanguageModel) else None
+    if engine is None and isinstance(lm, LanguageModel):
+        engine = Engine(lm, max_batch=limits.max_concurrent)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -397,104 +392,3 @@ def create_app(lm: TextModel, limits: Limits = Limits()) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
-
-
-# -- running it ------------------------------------------------------------------------------------
-
-
-def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
-    """A listening socket; port 0 picks a free one. Binding here, not in uvicorn, turns a busy
-    port into a one-line error, and tells a caller which port it got before the server starts."""
-    if not 0 <= port <= 65535:
-        raise RnnlabError(f"--port must be in 0..65535 (0: any free port), got {port}")
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=128)
-        # accepted connections inherit it (asyncio sets it only on sockets made with proto=IPPROTO_TCP): without it,
-        # Nagle's algorithm and the client's delayed ACK held every response (and first token) back ~40 ms
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    except OSError as e:
-        raise RnnlabError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
-                          f"choose another --port or --host") from None
-
-
-def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
-    # open streams get a few seconds to finish at shutdown, then are cut
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=3))
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-@contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, *,
-            log_level: str = "warning") -> Iterator[str]:
-    """Serve `app` from a background thread (tests, notebooks); yield its base URL, stop on exit.
-
-        with running(create_app(rnnlab.load("runs/demo"))) as url:
-            httpx.post(url + "/v1/generate", json={"prompt": "The "})
-    """
-    sock = bind(host, port)
-    server = _server(app, log_level)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="rnnlab-serve", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server thread did not start")
-            time.sleep(0.01)
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def app_from_env() -> FastAPI:
-    """The app for a process manager that starts several workers on one port, each loading the model once:
-
-        RNNLAB_MODEL=runs/demo uvicorn --factory rnnlab.inference.serve:app_from_env --workers 2 --port 8000
-
-    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8), $RNNLAB_PRECISION its --precision."""
-    model = os.environ.get("RNNLAB_MODEL")
-    if not model:
-        raise RnnlabError("set RNNLAB_MODEL to the model directory to serve")
-    limits = Limits(max_concurrent=int(os.environ.get("RNNLAB_MAX_CONCURRENT", Limits.max_concurrent)))
-    warnings.simplefilter("ignore", RnnlabWarning)
-    return create_app(load(model, precision=os.environ.get("RNNLAB_PRECISION", "fp32")), limits)
-
-
-def use_threads(threads: int) -> None:
-    """torch's intra-op threads for this process (the engine's batched steps)."""
-    if threads < 1:
-        raise RnnlabError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
-
-
-def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-               max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
-               max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info",
-               threads: int | None = None, precision: str = "fp32") -> int:
-    """`rnnlab serve`: load the model, listen, serve until Ctrl-C; the exit status. `threads` (torch's, for the
-    engine) defaults to one fewer than the cores: that one is the event loop's (benchmarks/RESULTS.md, issue 16)."""
-    limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
-    use_threads(max(1, torch.get_num_threads() - 1) if threads is None else threads)
-    with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
-        lm = load(model_dir, device=device, precision=precision)
-        app = create_app(lm, limits)
-        # unknown prompt words are reported in each response; the server log need not repeat them
-        warnings.simplefilter("ignore", RnnlabWarning)
-        print(f"serving {lm} on {url_of(sock)}/  (API docs at /docs; Ctrl-C stops)", flush=True)
-        with contextlib.suppress(ValueError):  # a host name, not an address: the user chose it
-            if not ipaddress.ip_address(host).is_loopback:
-                print(f"rnnlab: warning: listening on {host}: anyone who can reach this machine can use the "
-                      f"model; there is no authentication", file=sys.stderr, flush=True)
-        try:
-            _server(app, log_level).run(sockets=[sock])
-        except KeyboardInterrupt:
-            pass  # uvicorn has shut down cleanly and passes Ctrl-C on; for a server it is the way to stop
-    return 0
