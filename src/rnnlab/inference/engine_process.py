@@ -173,7 +173,10 @@ class _ForwardingEngine(Engine):
 
 def _child(path: str, max_batch: int, precision: str, device: str, threads: int, requests, results) -> None:
     """The engine's process: load the model, then submit and cancel as the server asks, until it closes."""
+    import signal
+
     from rnnlab.inference.loading import load
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal; the server closes this one
     torch.set_num_threads(threads)
     try:
         engine = _ForwardingEngine(load(path, device=device, precision=precision), results, max_batch=max_batch)
