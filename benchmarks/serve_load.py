@@ -33,7 +33,7 @@ import httpx
 
 SERVER = ("import sys; from rnnlab.inference.launch import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2]), "
-          "precision=sys.argv[3], threads=int(sys.argv[4]) if sys.argv[4:] else None))")
+          "precision=sys.argv[3], engine=sys.argv[4], threads=int(sys.argv[5]) if sys.argv[5:] else None))")
 
 
 async def one_completion(client: httpx.AsyncClient, body: dict) -> tuple[float, int]:
@@ -102,10 +102,13 @@ async def client_loop(client: httpx.AsyncClient, body: dict, deadline: float, re
 
 
 def rss_mb(pid: int | None) -> float | None:
+    """The resident memory of the server and its child processes (`--engine process`'s engine), in MB."""
     if pid is None:
         return None
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        own = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return own + sum(rss_mb(int(child)) or 0 for child in f.read().split())
 
 
 def offline_rates(model: str, counts: list[int], steps: int = 1000, precision: str = "fp32") -> dict[int, float]:
@@ -201,6 +204,8 @@ def main() -> None:
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
     parser.add_argument("--server-threads", type=int,
                         help="the server's --threads (default: the server's, one fewer than the cores)")
+    parser.add_argument("--engine", choices=["thread", "process"], default="thread",
+                        help="the server's --engine (default: thread)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the server's --precision, and the offline sampler's (default: fp32)")
     parser.add_argument("--offline", action="store_true",
@@ -223,7 +228,7 @@ def main() -> None:
     url = args.url
     if url is None:
         server = subprocess.Popen([sys.executable, "-c", SERVER, args.model, str(args.max_concurrent), args.precision,
-                                   *([str(args.server_threads)] if args.server_threads else [])],
+                                   args.engine, *([str(args.server_threads)] if args.server_threads else [])],
                                   stdout=subprocess.PIPE, text=True)
         banner = server.stdout.readline()  # "serving LanguageModel(...) on http://127.0.0.1:PORT/ ..."
         found = re.search(r"http://\S+?(?=/)", banner)
