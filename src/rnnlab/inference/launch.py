@@ -6,7 +6,8 @@ engine in this process or its own (`--engine`), and the app for uvicorn's own pr
     RNNLAB_MODEL=runs/demo uvicorn --factory rnnlab.inference.launch:app_from_env --workers 2
 """
 
-# No `from __future__ import annotations`, as in serve.py: FastAPI is imported with the app's types.
+from __future__ import annotations
+
 import contextlib
 import ipaddress
 import os
