@@ -73,8 +73,11 @@ class ProcessEngine:
                 raise RnnlabError(STOPPED)
             sid = next(self.ids)
             stream.on_cancel = lambda: self._send(("cancel", sid))
+            try:
+                self._requests.send(("submit", sid, stream.prompt, dict(length=length, seed=seed, **settings), state))
+            except OSError:  # it has just died; the receiver is about to see it
+                raise RnnlabError(STOPPED) from None
             self.streams[sid] = stream
-            self._requests.send(("submit", sid, stream.prompt, dict(length=length, seed=seed, **settings), state))
         return stream
 
     def _send(self, message: tuple) -> None:
