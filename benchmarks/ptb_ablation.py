@@ -5,6 +5,7 @@ one invocation; the model is kept in --out/ROW for `rnnlab evaluate`.
     python benchmarks/ptb_ablation.py --list
     python benchmarks/ptb_ablation.py no-tying --out runs/ablation            # 60 minutes
     python benchmarks/ptb_ablation.py no-tying --out runs/ablation --minutes 5    # a smoke run, not a row
+    python benchmarks/ptb_ablation.py no-tying --out runs/ablation --steps 8301  # h1's steps, however long
 
 Prints the machine and one Markdown row: the change, steps (epochs), tokens/s, valid and test perplexity
 (test read from the saved model by rnnlab.evaluate) and minutes. Run it on a quiet machine: the budget is
@@ -46,6 +47,9 @@ def main() -> None:
     parser.add_argument("row", nargs="?", choices=list(ROWS), help="which change to the recipe")
     parser.add_argument("--out", default="runs/ablation", help="the model goes to OUT/ROW (default: runs/ablation)")
     parser.add_argument("--minutes", type=float, default=None, help="training budget (default: the preset's 60)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps instead (the cosine over them), whatever the time: rows then "
+                             "compare at equal steps on a machine whose speed moves (h1, the full recipe, took 8301)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     args = parser.parse_args()
     if args.list or args.row is None:
@@ -55,6 +59,8 @@ def main() -> None:
     what, changes = ROWS[args.row]
     if args.minutes is not None:
         changes = {**changes, "time_budget": args.minutes}
+    if args.steps is not None:
+        changes = {**changes, "time_budget": None, "max_steps": args.steps}
     out = pathlib.Path(args.out) / args.row
     print(f"machine: {cpu_name()}; --preset ptb-1h {changes or ''} -> {out}")
     start = time.perf_counter()
