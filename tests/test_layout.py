@@ -21,7 +21,7 @@ LAYERS = [
     {"cli", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-MAY_PRINT = ("cli", "inference.serve")  # the command line, and the server's banner
+MAY_PRINT = ("cli", "inference.launch")  # the command line, and the server's banner (main_serve)
 
 
 @functools.cache  # parsed once for all the tests here (none changes what it reads)
