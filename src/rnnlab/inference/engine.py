@@ -72,6 +72,7 @@ class Stream:
     handed: float = 0.0                           # when next_tokens last returned (loop time)
     waiting: bool = False                         # its reader awaits `ready`: only then is a step worth a wake-up
     on_cancel: Callable[[], None] | None = None   # an engine in another process is told (engine_process.py)
+    feeding: collections.deque = field(default_factory=collections.deque)  # prompt tokens the batch still reads
 
     def cancel(self) -> None:
         """The reader is gone: the stream leaves the batch before the next step."""
@@ -248,8 +249,20 @@ class Engine:
     def _admit(self, stepper: Stepper, batch: _Batch, streams: list[Stream], together: bool = True) -> None:
         """Prefill: the prompts admitted together, in one call of the fused kernel where the stepper can
         (`Stepper.prefill`), else one by one; a prompt that fails fails its stream alone."""
+        if stepper.fast and together:  # short prompts ride along with the batch's steps (Stepper.STEPPED_PROMPT)
+            vocab = self.lm.tokenizer.vocab_size  # a bad token id would fail the batch's step: the packed read fails it alone
+            short = [stream for stream in streams if len(stream.prompt) <= stepper.STEPPED_PROMPT
+                     and all(0 <= token < vocab for token in stream.prompt)]
+            if short:
+                for stream in short:
+                    stream.feeding.extend(stream.prompt)
+                batch.add(short, [s.generator or torch.Generator().manual_seed(s.seed) for s in short],
+                          stepper.zero_state(len(short)), torch.zeros(len(short), vocab, device=self.lm.device))
+                streams = [stream for stream in streams if stream not in short]
         groups = [streams] if together and stepper.fast else [[stream] for stream in streams]
         for group in groups:
+            if not group:
+                continue
             try:
                 if stepper.fast:
                     logits, state = stepper.prefill([stream.prompt for stream in group])
@@ -287,14 +300,17 @@ class Engine:
         one batched step. Returns the batch's new logits (B, V) and state."""
         rows = logits.float().cpu()                                            # (B, V)
         tokens = torch.empty(len(active), dtype=torch.long)
-        plain = [i for i, (stream, _) in enumerate(active) if _plain(stream)]
+        feeding = {i for i, (stream, _) in enumerate(active) if stream.feeding}  # still reading their prompts
+        for i in feeding:
+            tokens[i] = active[i][0].feeding.popleft()
+        plain = [i for i, (stream, _) in enumerate(active) if i not in feeding and _plain(stream)]
         if plain:  # next_token's Gumbel-max draw, batched: each row's noise from the row's own generator
             noise = torch.empty(len(plain), rows.size(1))
             for row, i in zip(noise, plain):
                 row.exponential_(generator=active[i][1])
             temperature = torch.tensor([[active[i][0].sampling["temperature"]] for i in plain])
             tokens[plain] = gumbel_max(rows[plain], temperature, noise)
-        for i in sorted(set(range(len(active))) - set(plain)):  # the others, one by one
+        for i in sorted(set(range(len(active))) - set(plain) - feeding):  # the others, one by one
             (stream, generator), row = active[i], rows[i:i + 1]
             presence, frequency = stream.penalties
             if stream.counts and (presence or frequency):
@@ -302,8 +318,9 @@ class Engine:
                 row = row.clone()
                 row[0, ids] -= presence + frequency * torch.tensor(list(stream.counts.values()), dtype=row.dtype)
             tokens[i] = next_token(row, generator=generator, **stream.sampling)[0]
-        rows = rows.split(1)
-        for row, (stream, _), token in zip(rows, active, tokens.tolist()):
+        for i, ((stream, _), token) in enumerate(zip(active, tokens.tolist())):
+            if i in feeding:
+                continue
             if token == self.document:  # the stream ends here, as lm.stream does; it leaves at the next step
                 stream.finish, stream.made = "stop", stream.length
                 continue
@@ -312,7 +329,7 @@ class Engine:
             if stream.logprobs is None:
                 stream.tokens.put(token)
             else:
-                lp = row[0].double().log_softmax(-1)
+                lp = rows[i].double().log_softmax(-1)
                 top = lp.topk(min(stream.logprobs, lp.numel()))
                 stream.tokens.put((token, lp[token].item(), dict(zip(top.indices.tolist(), top.values.tolist()))))
         self.steps += 1

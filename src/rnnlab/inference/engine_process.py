@@ -73,11 +73,12 @@ class ProcessEngine:
                 raise RnnlabError(STOPPED)
             sid = next(self.ids)
             stream.on_cancel = lambda: self._send(("cancel", sid))
+            self.streams[sid] = stream  # before it is sent: the engine's answer can come back at once
             try:
                 self._requests.send(("submit", sid, stream.prompt, dict(length=length, seed=seed, **settings), state))
             except OSError:  # it has just died; the receiver is about to see it
+                del self.streams[sid]
                 raise RnnlabError(STOPPED) from None
-            self.streams[sid] = stream
         return stream
 
     def _send(self, message: tuple) -> None:
