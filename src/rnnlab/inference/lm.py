@@ -201,7 +201,7 @@ class LanguageModel(TextModel):
         super().__init__(tokenizer, config, path)
         self.net = net
         # the matrix products of generation's one-token steps: "bf16" is several times faster on a CPU with AMX
-        # (rnnlab generate/serve --precision; the prompt is read, and scores computed, in float32 either way)
+        # (rnnlab generate/serve --precision; scores are computed in float32 either way)
         self.precision = "fp32"
 
     @property

@@ -205,7 +205,8 @@ class Stepper:
     def __init__(self, net: torch.nn.Module, precision: str = "fp32"):
         """`precision` "bf16": the step's matrix products in bfloat16 (the state, the gates and the logits
         stay float32), for speed where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16); the text
-        then differs from fp32's once a draw falls between the two. The prompt is read in float32."""
+        then differs from fp32's once a draw falls between the two. A prompt longer than STEPPED_PROMPT is read
+        in float32 (`prefill`)."""
         check_precision(precision)
         self.net, self.precision = net, precision
         config = net.config
