@@ -204,8 +204,8 @@ def main() -> None:
                         help="POST /v1/generate (rnnlab) or /v1/completions (openai) (default: rnnlab)")
     parser.add_argument("--server-threads", type=int,
                         help="the server's --threads (default: the server's, one fewer than the cores)")
-    parser.add_argument("--engine", choices=["thread", "process"], default="thread",
-                        help="the server's --engine (default: thread)")
+    parser.add_argument("--engine", choices=["process", "thread"], default="process",
+                        help="the server's --engine (default: process, as rnnlab serve's)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the server's --precision, and the offline sampler's (default: fp32)")
     parser.add_argument("--offline", action="store_true",

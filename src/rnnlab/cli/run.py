@@ -331,9 +331,9 @@ def serve_parser(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for the model's steps (default: one fewer than the cores, that one left to "
                         "the HTTP side; at least 1)")
-    p.add_argument("--engine", choices=["thread", "process"], default="thread",
-                   help="step the streams on a thread of this process, or in a process of its own (no interpreter "
-                        "lock shared with the HTTP side; loads the model twice) (default: thread)")
+    p.add_argument("--engine", choices=["process", "thread"], default="process",
+                   help="step the streams in a process of their own (no interpreter lock shared with the HTTP side; "
+                        "the model is loaded twice), or on a thread of this one (default: process)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the engine's matrix products: bf16 is several times faster on a CPU with AMX, and gives "
                         "slightly different text for a seed (default: fp32)")
