@@ -14,7 +14,9 @@ its GIL), on a free port, and reports its RSS at the start and the end of the lo
 that grows is a leak). The longest wait for a generation slot is the server's /healthz figure. Each client is one connection that loops until the time is up: POST
 /v1/generate with "stream": true, read to the "done" event. Requests still streaming when the
 time is up are read to the end and counted. Time to first token is from sending the request
-to the first generated token: the event after the prompt's echo.
+to the first generated token: the event after the prompt's echo. TTFT is printed over all requests, over all
+but each client's first, and over those sent 2 s or more after the start (clients that start together send
+their first two requests in bursts).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 
 import httpx
 
+SETTLE_SECONDS = 2.0  # requests sent this long after the start are no longer in the synchronized first waves
 SERVER = ("import sys; from rnnlab.inference.launch import main_serve; "
           "sys.exit(main_serve(sys.argv[1], port=0, log_level='warning', max_concurrent=int(sys.argv[2]), "
           "precision=sys.argv[3], engine=sys.argv[4], threads=int(sys.argv[5]) if sys.argv[5:] else None))")
@@ -86,16 +89,21 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> tuple[float, int
 
 
 async def client_loop(client: httpx.AsyncClient, body: dict, deadline: float, results: list, errors: list,
-                      later: list) -> None:
+                      later: list, settled: list, settled_from: float) -> None:
     """Requests one after another until the deadline; `later` gets the results of all but the first (the
-    first of every client arrives in the start-up burst, all clients at once)."""
+    first of every client arrives in the start-up burst, all clients at once), `settled` those sent from
+    `settled_from` on (clients that started together also finish their first requests together, and their
+    second ones: the first waves are bursts)."""
     first = True
     while time.perf_counter() < deadline:
         try:
+            sent = time.perf_counter()
             result = await one_request(client, body)
             results.append(result)
             if not first:
                 later.append(result)
+            if sent >= settled_from:
+                settled.append(result)
         except (httpx.HTTPError, RuntimeError, ValueError) as e:
             errors.append(f"{type(e).__name__}: {e}")
         first = False
@@ -137,6 +145,7 @@ def offline_rate(lm, streams: int, steps: int) -> float:
 async def load(url: str, clients: int, seconds: float, body: dict, server_pid: int | None = None) -> float:
     results: list[tuple[float, int]] = []
     later: list[tuple[float, int]] = []
+    settled: list[tuple[float, int]] = []
     errors: list[str] = []
     rss_start = rss_mb(server_pid)
     # one client object, a connection each: made before the clock starts (an httpx client builds an SSL
@@ -157,7 +166,8 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
         gc.freeze()
         gc.callbacks.append(gen2)
         started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, body, started + seconds, results, errors, later)
+        await asyncio.gather(*(client_loop(client, body, started + seconds, results, errors, later, settled,
+                                           started + SETTLE_SECONDS)
                                for _ in range(clients)))
         elapsed = time.perf_counter() - started
         gc.callbacks.remove(gen2)
@@ -179,6 +189,11 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
             print(f"ttft      after each client's first request (the start-up burst left out): p50 "
                   f"{1000 * statistics.median(steady):.1f} ms, p99 "
                   f"{1000 * statistics.quantiles(steady, n=100, method='inclusive')[98]:.1f} ms ({len(later)} requests)")
+        if len(settled) > 1:
+            steady = sorted(first for first, _ in settled)
+            print(f"ttft      sent {SETTLE_SECONDS:g} s or more after the start (the first waves left out): p50 "
+                  f"{1000 * statistics.median(steady):.1f} ms, p99 "
+                  f"{1000 * statistics.quantiles(steady, n=100, method='inclusive')[98]:.1f} ms ({len(settled)} requests)")
     print(f"client    {len(collections)} full garbage collection(s) in the load generator during the load"
           + (f", the longest {max(collections):.0f} ms" if collections else ""))
     print(f"errors    {len(errors)}" + "".join(f"\n  {e}" for e in sorted(set(errors))[:5]))
