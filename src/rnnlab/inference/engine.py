@@ -247,10 +247,12 @@ class Engine:
                 self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
 
     def _admit(self, stepper: Stepper, batch: _Batch, streams: list[Stream], together: bool = True) -> None:
-        """Prefill: the prompts admitted together, in one call of the fused kernel where the stepper can
-        (`Stepper.prefill`), else one by one; a prompt that fails fails its stream alone."""
-        if stepper.fast and together:  # short prompts ride along with the batch's steps (Stepper.STEPPED_PROMPT)
-            vocab = self.lm.tokenizer.vocab_size  # a bad token id would fail the batch's step: the packed read fails it alone
+        """Prefill. A prompt of up to `Stepper.STEPPED_PROMPT` tokens joins the batch at once, from a zero state,
+        and is fed through the batch's next steps (`Stream.feeding`); the longer ones admitted together are read
+        in one call of the fused kernel where the stepper can (`Stepper.prefill`), else one by one. A prompt that
+        fails fails its stream alone."""
+        if stepper.fast and together:
+            vocab = self.lm.tokenizer.vocab_size  # a bad token id would fail the batch's step; read alone, its own
             short = [stream for stream in streams if len(stream.prompt) <= stepper.STEPPED_PROMPT
                      and all(0 <= token < vocab for token in stream.prompt)]
             if short:
