@@ -258,13 +258,10 @@ class Engine:
             if short:
                 for stream in short:
                     stream.feeding.extend(stream.prompt)
-                batch.add(short, [s.generator or torch.Generator().manual_seed(s.seed) for s in short],
-                          stepper.zero_state(len(short)), torch.zeros(len(short), vocab, device=self.lm.device))
+                batch.add(short, stepper.zero_state(len(short)), torch.zeros(len(short), vocab, device=self.lm.device))
                 streams = [stream for stream in streams if stream not in short]
-        groups = [streams] if together and stepper.fast else [[stream] for stream in streams]
+        groups = ([streams] if streams else []) if together and stepper.fast else [[stream] for stream in streams]
         for group in groups:
-            if not group:
-                continue
             try:
                 if stepper.fast:
                     logits, state = stepper.prefill([stream.prompt for stream in group])
@@ -278,8 +275,7 @@ class Engine:
                 group[0].fail(e)
                 self._wake(group)
                 continue
-            batch.add(group, [stream.generator or torch.Generator().manual_seed(stream.seed) for stream in group],
-                      state, logits)
+            batch.add(group, state, logits)
 
     @staticmethod
     def _wake(streams: list[Stream]) -> None:
@@ -360,9 +356,10 @@ class _Batch:
         self.state = None
         self.logits: torch.Tensor | None = None
 
-    def add(self, streams: list[Stream], generators: list[torch.Generator], state, logits: torch.Tensor) -> None:
-        """Streams join as rows of `state` and `logits`, in order."""
-        self.streams += zip(streams, generators)
+    def add(self, streams: list[Stream], state, logits: torch.Tensor) -> None:
+        """Streams join as rows of `state` and `logits`, in order, each with its random generator (its own,
+        or one seeded with its seed)."""
+        self.streams += [(s, s.generator or torch.Generator().manual_seed(s.seed)) for s in streams]
         if self.state is None:
             self.state, self.logits = state, logits
         else:

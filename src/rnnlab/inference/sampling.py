@@ -193,7 +193,6 @@ class Stepper:
         it: its arranged weights and folded table are as big as the model, so a server with many clients
         keeps one copy. It is made again only when the weights change (an optimiser step or a load
         bumps a parameter's version; a move to another device changes its storage)."""
-        check_precision(precision)
         key = tuple((p._version, p.data_ptr(), str(p.device), p.dtype) for p in net.parameters())
         with _SHARED_LOCK:
             steppers = _SHARED.setdefault(net, {})
