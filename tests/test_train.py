@@ -258,3 +258,48 @@ def test_a_word_run_given_no_recipe_starts_from_the_word_5min_one(tmp_path):
     assert lm.config["train"]["max_steps"] == 1       # how long is the user's to say
     plain = rnnlab.train(corpus(), tmp_path / "b", level="word", max_steps=1, hidden=32, **QUIET)
     assert plain.config["model"]["hidden"] == 32 and plain.config["model"]["dropout_input"] == 0.0  # a recipe given
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_fused_optimizer_takes_the_for_loop_ones_step(name):
+    from rnnlab.training.optim import make_optimizer
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    cfg = TrainConfig(optimizer=name, lr=1e-2, weight_decay=0.1)
+    results = []
+    reference = {"sgd": lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=cfg.momentum, weight_decay=0.1),
+                 "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.1),
+                 "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)}[name]
+    for fused in (True, False):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = make_optimizer(cfg, params, torch.device("cpu")) if fused else reference(params)
+        assert bool(opt.defaults.get("fused")) == fused
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        results.append(params)
+    for a, b in zip(*results):
+        assert not torch.equal(a, start[0] if a.dim() == 2 else start[1])   # it moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_on_the_cpu_keeps_freed_memory_instead_of_faulting_it_in_every_step():
+    import subprocess
+    import sys
+    # in a process of its own: the setting is process-wide. 90 MB, a PTB window's float32 logits
+    probe = ("import resource, torch\n"
+             "from rnnlab.devices import keep_freed_memory\n"
+             "def faults():\n"
+             "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+             "    for _ in range(5):\n"
+             "        torch.empty(2240 * 10_000).fill_(1.0)\n"
+             "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+             "faults(); plain = faults(); assert keep_freed_memory()\n"
+             "for _ in range(3): faults()      # glibc's heap takes a few rounds to grow to the working set\n"
+             "print(plain, faults())\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    plain, kept = map(int, out.split())
+    assert plain > 5 * 20_000      # each fresh 90 MB block faults in ~22k pages of 4 kB
+    assert kept < plain / 20

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rnnlab.data.batching import Streams, num_windows, variable_length, windows
+from rnnlab.devices import keep_freed_memory
 from rnnlab.errors import RnnlabError
 from rnnlab.files import FILE_MODE, reported_write_errors
 from rnnlab.inference.lm import LanguageModel
@@ -39,6 +40,7 @@ from rnnlab.models.rnnlm import detach
 from rnnlab.training import distributed
 from rnnlab.training.config import TrainConfig
 from rnnlab.training.distributed import SINGLE, World
+from rnnlab.training.optim import make_optimizer
 
 QUICK_EVAL_TOKENS = 200_000  # on Ctrl-C, validate before exiting only if it takes seconds
 _LAYER = re.compile(r"^(?P<module>.+)\.[a-z_]+_l(?P<layer>\d+)$")   # rnn.weight_hh_l0 -> rnn, 0
@@ -133,13 +135,10 @@ class Trainer:
         if world.active:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 lm.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.device.type == "cpu":
+            keep_freed_memory()   # the step's large blocks are reused, not faulted in afresh every step
         params = [p for p in lm.net.parameters() if p.requires_grad]
-        if cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(cfg, params, self.device)
         # Polyak averaging: an exponential moving average of the weights (torch's AveragedModel), updated
         # after every step; validation, the saved model and samples use it (`averaged_weights`)
         # or, with --nt-asgd, a uniform average that starts when validation stops improving (AWD-LSTM)
