@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.training.presets import PRESETS
 from rnnlab.training.config import TrainConfig
 from rnnlab.training.pipeline import Options
+from rnnlab.training.optim import make_optimizer
 from rnnlab.training.trainer import TrainingDiverged
 
 TINY = {**TINY_MODEL, **QUIET}
@@ -262,7 +265,6 @@ def test_a_word_run_given_no_recipe_starts_from_the_word_5min_one(tmp_path):
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_the_fused_optimizer_takes_the_for_loop_ones_step(name):
-    from rnnlab.training.optim import make_optimizer
     torch.manual_seed(0)
     start = [torch.randn(64, 32), torch.randn(32)]
     grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
@@ -285,21 +287,23 @@ def test_the_fused_optimizer_takes_the_for_loop_ones_step(name):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_training_on_the_cpu_keeps_freed_memory_instead_of_faulting_it_in_every_step():
-    import subprocess
-    import sys
-    # in a process of its own: the setting is process-wide. 90 MB, a PTB window's float32 logits
-    probe = ("import resource, torch\n"
-             "from rnnlab.devices import keep_freed_memory\n"
+def test_after_cpu_training_a_freed_large_block_is_reused_not_faulted_in_again(tmp_path):
+    # in a process of its own: the allocator setting is process-wide. 90 MB, a PTB window's float32 logits
+    probe = ("import resource, torch, rnnlab\n"
+             "from rnnlab.data.corpus import Corpus\n"
              "def faults():\n"
              "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
              "    for _ in range(5):\n"
              "        torch.empty(2240 * 10_000).fill_(1.0)\n"
              "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
-             "faults(); plain = faults(); assert keep_freed_memory()\n"
+             "faults(); plain = faults()\n"
+             "text = 'to be or not to be, that is the question. ' * 200\n"
+             "rnnlab.train(Corpus('probe', text, text), sys.argv[1], max_steps=1, hidden=16, embed_dim=8,\n"
+             "             batch_size=4, bptt=8, device='cpu', progress=False)\n"
              "for _ in range(3): faults()      # glibc's heap takes a few rounds to grow to the working set\n"
-             "print(plain, faults())\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    plain, kept = map(int, out.split())
+             "print(plain, faults())\n").replace("import resource", "import sys, resource")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "m")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain, kept = map(int, out.stdout.split()[-2:])
     assert plain > 5 * 20_000      # each fresh 90 MB block faults in ~22k pages of 4 kB
     assert kept < plain / 20

@@ -39,7 +39,7 @@ def keep_freed_memory() -> bool:
     torch keeps no cache of CPU memory, and glibc returns every block over 32 MB to the kernel when it
     is freed. A PTB training step makes several such blocks (a 64 x 35 x 10,000 window's logits, their
     float32 copy, log-softmax and gradients): each is fresh pages every step, and faulting them in was
-    ~25% of a `ptb-1h` step on 2 cores (benchmarks/RESULTS.md). With mmap's threshold and the trim
+    ~30% of a `ptb-1h` step on 2 cores (benchmarks/RESULTS.md). With mmap's threshold and the trim
     threshold raised, the heap keeps those pages and the next step reuses them; the process holds its
     peak memory, which a training loop reaches every step anyway. False where there is no glibc."""
     if not sys.platform.startswith("linux"):
