@@ -289,7 +289,7 @@ def test_the_fused_optimizer_takes_the_for_loop_ones_step(name):
 
 def test_after_cpu_training_a_freed_large_block_is_reused_not_faulted_in_again(tmp_path):
     # in a process of its own: the allocator setting is process-wide. 90 MB, a PTB window's float32 logits
-    probe = ("import resource, torch, rnnlab\n"
+    probe = ("import resource, sys, torch, rnnlab\n"
              "from rnnlab.data.corpus import Corpus\n"
              "def faults():\n"
              "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -301,7 +301,7 @@ def test_after_cpu_training_a_freed_large_block_is_reused_not_faulted_in_again(t
              "rnnlab.train(Corpus('probe', text, text), sys.argv[1], max_steps=1, hidden=16, embed_dim=8,\n"
              "             batch_size=4, bptt=8, device='cpu', progress=False)\n"
              "for _ in range(3): faults()      # glibc's heap takes a few rounds to grow to the working set\n"
-             "print(plain, faults())\n").replace("import resource", "import sys, resource")
+             "print(plain, faults())\n")
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "m")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     plain, kept = map(int, out.stdout.split()[-2:])

@@ -251,16 +251,19 @@ class Engine:
         and is fed through the batch's next steps (`Stream.feeding`); the longer ones admitted together are read
         in one call of the fused kernel where the stepper can (`Stepper.prefill`), else one by one. A prompt that
         fails fails its stream alone."""
-        if stepper.fast and together:
+        if not (stepper.fast and together):
+            groups = [[stream] for stream in streams]
+        else:
             vocab = self.lm.tokenizer.vocab_size  # a bad token id would fail the batch's step; read alone, its own
-            short = [stream for stream in streams if len(stream.prompt) <= stepper.STEPPED_PROMPT
-                     and all(0 <= token < vocab for token in stream.prompt)]
+            short, long = [], []
+            for stream in streams:
+                fits = len(stream.prompt) <= stepper.STEPPED_PROMPT and all(0 <= t < vocab for t in stream.prompt)
+                (short if fits else long).append(stream)
             if short:
                 for stream in short:
                     stream.feeding.extend(stream.prompt)
                 batch.add(short, stepper.zero_state(len(short)), torch.zeros(len(short), vocab, device=self.lm.device))
-                streams = [stream for stream in streams if stream not in short]
-        groups = ([streams] if streams else []) if together and stepper.fast else [[stream] for stream in streams]
+            groups = [long] if long else []
         for group in groups:
             try:
                 if stepper.fast:
