@@ -4,15 +4,14 @@ fused kernel, that they are off in eval mode, and that they train, resume exactl
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import rnnlab
 from conftest import QUIET, TINY, metrics, shakespeare, train_losses
 from rnnlab.data.corpus import Corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, activation_penalty, embedding_dropout,
-                                          locked_dropout)
+from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, activation_penalty, dropout,
+                                          embedding_dropout, locked_dropout)
 from rnnlab.models.rnnlm import RNNLM
 
 AWD = dict(dropout_embed=0.1, dropout_input=0.3, dropout_hidden=0.2, dropout_output=0.3, weight_drop=0.4, ar=2.0,
@@ -22,6 +21,23 @@ AWD = dict(dropout_embed=0.1, dropout_input=0.3, dropout_hidden=0.2, dropout_out
 def corpus():
     text = shakespeare(30_000)
     return Corpus("shakespeare-slice", text[:27_000], text[27_000:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_drops_at_rate_p_keeps_the_mean_and_dtype_and_masks_the_gradient(dtype):
+    torch.manual_seed(0)
+    x = torch.ones(200_000, dtype=dtype, requires_grad=True)
+    y = dropout(x, 0.3, training=True)
+    assert y.dtype == dtype
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.005                           # 0.3 +- ~5 standard deviations (0.001)
+    kept = y[y != 0].float()
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.7), rtol=1e-2)   # scaled by 1 / (1 - p)
+    y.float().sum().backward()
+    assert torch.equal(x.grad == 0, y.detach() == 0)          # no gradient through a dropped entry
+    torch.manual_seed(0)                                        # the seed fixes the mask
+    assert torch.equal(dropout(x.detach(), 0.3, training=True), y.detach())
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
 
 
 def test_locked_dropout_uses_one_mask_for_every_time_step_and_is_off_in_eval():
@@ -66,7 +82,7 @@ def test_weight_drop_masks_weight_hh_once_per_forward_in_torchs_fused_kernel(mod
         with torch.no_grad():
             for name in ("weight_ih", "bias_ih", "bias_hh"):
                 getattr(layer, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{k}"))
-            layer.weight_hh_l0.copy_(F.dropout(getattr(rnn, f"weight_hh_l{k}"), 0.5, training=True))
+            layer.weight_hh_l0.copy_(dropout(getattr(rnn, f"weight_hh_l{k}"), 0.5, training=True))
         ref, _ = layer(ref)
         if k == 0:
             ref = locked_dropout(ref, 0.25, True)
@@ -86,7 +102,7 @@ def test_weight_drop_masks_weight_hh_once_per_forward_in_torchs_fused_kernel(mod
     torch.manual_seed(2)
     rnn(x)[0].sum().backward()
     torch.manual_seed(2)
-    mask = F.dropout(torch.ones_like(rnn.weight_hh_l0), 0.5, training=True) == 0
+    mask = dropout(torch.ones_like(rnn.weight_hh_l0), 0.5, training=True) == 0
     assert rnn.weight_hh_l0.grad.abs().sum() > 0 and rnn.weight_hh_l0.grad[mask].abs().max() == 0
 
 

@@ -21,7 +21,7 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.minrnn import MinGRU, MinLSTM
 from rnnlab.models.registry import CELLS
 from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, RegularizedRNN, activation_penalty,
-                                          embedding_dropout, locked_dropout)
+                                          dropout, embedding_dropout, locked_dropout)
 
 # cell name (models/registry.py) -> (torch module, extra constructor arguments). The classic cells are
 # nn.RNN/LSTM/GRU with AWD-LSTM's per-layer regularisers mixed in (models/regularization.py): the same
@@ -62,7 +62,6 @@ class RNNLM(nn.Module):
             if hasattr(self.rnn, "regularize"):
                 self.rnn.regularize(dropout_hidden=config.dropout_hidden, weight_drop=config.weight_drop)
         self.activation_penalty = None  # AR + TAR of the last training forward (models/regularization.py)
-        self.drop = nn.Dropout(config.dropout)
         self.decoder = nn.Linear(H, V)
         if config.softmax == "adaptive":
             # the vocabulary is sorted by frequency (tokenize.py), as the adaptive softmax needs
@@ -104,7 +103,7 @@ class RNNLM(nn.Module):
         c = self.config
         x = embedding_dropout(self.encoder, idx, c.dropout_embed, self.training)   # (B, T, E)
         if c.input != "onehot":
-            x = self.drop(x)
+            x = dropout(x, c.dropout, self.training)
         x = locked_dropout(x, c.dropout_input, self.training)
         if isinstance(self.rnn, nn.LSTM) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
                 and not cpu_lstm_runs_in_bf16():
@@ -113,7 +112,7 @@ class RNNLM(nn.Module):
         else:
             out, hidden = self.rnn(x, hidden)       # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
         raw = out
-        out = locked_dropout(self.drop(out), c.dropout_output, self.training)
+        out = locked_dropout(dropout(out, c.dropout, self.training), c.dropout_output, self.training)
         # AR/TAR: added to the loss by the trainer, not to `loss` (which stays the cross-entropy it reports)
         self.activation_penalty = (activation_penalty(raw, out, c.ar, c.tar)
                                    if self.training and targets is not None else None)
