@@ -106,6 +106,28 @@ def test_weight_drop_masks_weight_hh_once_per_forward_in_torchs_fused_kernel(mod
     assert rnn.weight_hh_l0.grad.abs().sum() > 0 and rnn.weight_hh_l0.grad[mask].abs().max() == 0
 
 
+@pytest.mark.parametrize("locked", [0.0, 0.25])
+def test_torchs_between_layer_dropout_runs_layer_by_layer_on_a_cpu_with_rnnlabs_mask(locked):
+    torch.manual_seed(0)
+    rnn = RegularizedLSTM(6, 8, num_layers=2, batch_first=True, dropout=0.5).regularize(dropout_hidden=locked,
+                                                                                       weight_drop=0.0)
+    x = torch.randn(3, 20, 6)
+    torch.manual_seed(1)
+    out, (h, c) = rnn(x)
+    layers = [nn.LSTM(6 if k == 0 else 8, 8, batch_first=True) for k in range(2)]
+    for k, layer in enumerate(layers):
+        with torch.no_grad():
+            for name in ("weight_ih", "bias_ih", "bias_hh", "weight_hh"):
+                getattr(layer, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{k}"))
+    torch.manual_seed(1)
+    ref, (h0, c0) = layers[0](x)
+    ref = locked_dropout(dropout(ref, 0.5, True), locked, True)    # both masks between the layers
+    ref, (h1, c1) = layers[1](ref)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(h, torch.cat([h0, h1]), atol=1e-6) and torch.allclose(c, torch.cat([c0, c1]), atol=1e-6)
+    assert not torch.allclose(out, rnn.eval()(x)[0], atol=1e-3)     # the masks made a difference
+
+
 def test_ar_and_tar_penalise_size_and_change_and_only_in_training():
     raw = torch.tensor([[[1.0], [3.0], [6.0]]])                       # (1, 3, 1)
     assert activation_penalty(raw, raw, 2.0, 0.0).item() == pytest.approx(2.0 * (1 + 9 + 36) / 3)

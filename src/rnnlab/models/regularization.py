@@ -70,9 +70,9 @@ def activation_penalty(raw: torch.Tensor, dropped: torch.Tensor, ar: float, tar:
 class LayerwiseRegularized:
     """Mixed into nn.RNN / nn.LSTM / nn.GRU: the same parameters (weight_ih_l0, ...), so checkpoints and the
     fused sampling step are unchanged. In eval mode, or with both rates 0, the forward is torch's
-    multi-layer kernel. In training with `dropout_hidden` or `weight_drop`, the layers run one by one
-    (each still one fused call over the whole sequence): a locked mask between them, and each layer's
-    weight_hh passed through dropout first."""
+    multi-layer kernel. In training with `dropout_hidden` or `weight_drop` (or on a CPU, torch's own
+    between-layer `dropout`), the layers run one by one (each still one fused call over the whole sequence):
+    the plain and the locked mask between them, and each layer's weight_hh passed through dropout first."""
 
     dropout_hidden: float = 0.0
     weight_drop: float = 0.0
@@ -91,7 +91,10 @@ class LayerwiseRegularized:
         return self
 
     def forward(self, x, hx=None):
-        if not self.training or not (self.dropout_hidden or self.weight_drop):
+        # torch's own between-layer dropout (`self.dropout`) draws its mask inside the fused kernel with
+        # bernoulli_; on a CPU the layers run one by one instead, with rnnlab's faster mask between them
+        plain_on_cpu = self.dropout and x.device.type == "cpu"
+        if not self.training or not (self.dropout_hidden or self.weight_drop or plain_on_cpu):
             return super().forward(x, hx)
         lstm = isinstance(self, nn.LSTM)
         outputs_h, outputs_c = [], []
@@ -106,7 +109,7 @@ class LayerwiseRegularized:
             else:
                 outputs_h.append(state)
             if k < self.num_layers - 1:
-                x = locked_dropout(x, self.dropout_hidden, True)
+                x = locked_dropout(dropout(x, self.dropout, True), self.dropout_hidden, True)
         h = torch.cat(outputs_h)
         return x, ((h, torch.cat(outputs_c)) if lstm else h)
 
