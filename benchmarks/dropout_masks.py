@@ -23,10 +23,8 @@ The ratios are to the first variant of each recipe, in the same run. Results: be
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -36,6 +34,8 @@ import rnnlab.models.regularization as regularization
 from rnnlab.devices import keep_freed_memory
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.rnnlm import RNNLM
+from train_step import make_step       # benchmarks/ is on sys.path when run as a script
+from word_recipes import cpu_name
 
 CHAR = dict(vocab_size=65, cell="lstm", layers=2, hidden=768, embed_dim=128, dropout=0.3)
 WORD = dict(vocab_size=10_000, cell="lstm", layers=2, hidden=650, embed_dim=650, tie_weights=True, dropout_embed=0.1,
@@ -81,15 +81,7 @@ def time_steps(variant: str, steps: int) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
     x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss, _ = model(x, targets=y) if isinstance(model, RNNLM) else model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.25)
-        optimizer.step()
-
+    step = make_step(lambda: (model(x, targets=y) if isinstance(model, RNNLM) else model(x, y))[1], params, optimizer)
     for _ in range(2):
         step()
     times = []
@@ -111,9 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     keep_freed_memory()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| recipe | variant | ms per step (each round) | vs the first |")
     print("|---|---|---|---:|")
     for recipe, variants in RECIPES.items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,9 +33,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from word_recipes import cpu_name   # benchmarks/ is on sys.path when run as a script
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 VARIANTS = ("plain", "fused", "keep-memory", "both")
 B, T, H, V = 64, 35, 650, 10_000
+
+
+def make_step(loss_fn, params: list, optimizer: torch.optim.Optimizer):
+    """One training step as rnnlab's trainer takes it on a CPU: loss_fn() under bf16 autocast, backward, clip
+    0.25, the optimiser's step. Shared with benchmarks/dropout_masks.py."""
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.25)
+        optimizer.step()
+    return step
 
 
 def one_variant(variant: str, steps: int) -> dict:
@@ -50,16 +64,8 @@ def one_variant(variant: str, steps: int) -> dict:
     fused = variant in ("fused", "both")
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=fused or None)
     x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out, _ = rnn(embedding(x))
-            loss = F.cross_entropy(decoder(out).reshape(-1, V).float(), y.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.25)
-        optimizer.step()
-
+    step = make_step(lambda: F.cross_entropy(decoder(rnn(embedding(x))[0]).reshape(-1, V).float(), y.reshape(-1)),
+                     params, optimizer)
     for _ in range(3):
         step()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -93,9 +99,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(one_variant(args.variant, args.steps)))
         return
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
         for variant in VARIANTS:
