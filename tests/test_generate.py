@@ -196,6 +196,56 @@ def test_batched_generation_steps_every_stream_like_the_module(cell):
     assert torch.equal(seq[:, 6:], new)
 
 
+@pytest.mark.parametrize("streams, temperature, steps", [(1, 1.0, 37), (3, 0.7, 16), (2, 1.3, 5)])
+def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(streams, temperature, steps, monkeypatch):
+    """blocks.py runs BLOCK steps a call in TorchScript: the same draws and the same arithmetic as the
+    Python step, so a seed gives the same tokens (across a block's end too: 37 = 16 + 16 + 5)."""
+    from rnnlab.inference import blocks, sampling
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=30, cell="lstm", hidden=16, embed_dim=8, layers=3)).eval()
+    assert blocks.block_stepper(sampling.Stepper(net)) is not None           # the path under test is taken
+    prompt = torch.randint(30, (streams, 4))
+
+    def sample() -> torch.Tensor:
+        generator = torch.Generator().manual_seed(7)
+        return torch.stack(list(sampling.sample_ids(net, prompt, steps, temperature=temperature,
+                                                     generator=generator)))   # (steps, streams)
+    in_blocks = sample()
+    monkeypatch.setattr(sampling, "block_stepper", lambda stepper: None)
+    step_by_step = sample()
+    assert in_blocks.shape == (steps, streams) and torch.equal(in_blocks, step_by_step)
+    assert len(set(in_blocks[:, 0].tolist())) > 3                              # sampled, not stuck on one token
+
+
+def test_a_scripted_block_takes_forced_tokens_where_given_and_samples_the_rest():
+    from rnnlab.inference import blocks, sampling
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=30, cell="lstm", hidden=16, embed_dim=8, layers=2)).eval()
+    stepper = sampling.Stepper(net)
+    run = blocks.block_stepper(stepper)
+    noise = torch.empty(6, 2, 30).exponential_(generator=torch.Generator().manual_seed(3))
+    forced = torch.full((6, 2), -1)
+    forced[:3, 1] = torch.tensor([5, 9, 2])                                      # row 1 reads a prompt first
+    with torch.inference_mode():
+        logits, state = torch.zeros(2, 30), stepper.zero_state(2)
+        tokens, block_logits, block_state = run(logits, state, noise, torch.tensor([[1.0], [0.8]]), forced)
+        for i in range(6):                                                       # the same, one Python step at a time
+            token = sampling.gumbel_max(logits, torch.tensor([[1.0], [0.8]]), noise[i].clone())
+            token = torch.where(forced[i] >= 0, forced[i], token)
+            assert torch.equal(tokens[i], token), i
+            logits, state = stepper.step(token, state)
+    assert tokens[:3, 1].tolist() == [5, 9, 2]
+    assert torch.equal(block_logits, logits)
+    assert all(torch.equal(a, b) for layer_a, layer_b in zip(block_state, state) for a, b in zip(layer_a, layer_b))
+
+
+@pytest.mark.parametrize("cell, precision", [("gru", "fp32"), ("rnn", "fp32"), ("lstm", "bf16")])
+def test_models_the_scripted_block_does_not_cover_step_from_python(cell, precision):
+    from rnnlab.inference import blocks, sampling
+    net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=2)).eval()
+    assert blocks.block_stepper(sampling.Stepper(net, precision)) is None
+
+
 def test_sampling_gives_the_network_back_in_the_mode_it_had():
     lm = char_lm()
     for training in (True, False):

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from rnnlab.errors import RnnlabError
+from rnnlab.inference.blocks import BLOCK, block_stepper
 from rnnlab.models.rnnlm import evaluating
 
 
@@ -338,6 +339,14 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
         else:
             logits, _, hidden = net(prompt)                                  # the prompt in one fused call
             logits, state = logits[:, -1], stepper.begin(hidden)             # (B, V)
+        block = None
+        if stepper.fast and gumbel_sampled(temperature, top_k, top_p, greedy) and not (repetition and repetition.active):
+            block = block_stepper(stepper)
+        while block is not None and steps > 0:                               # BLOCK steps a call (blocks.py)
+            noise = torch.empty(min(BLOCK, steps), *logits.shape).exponential_(generator=generator)
+            tokens, logits, state = block(logits, state, noise, temperature)  # the same draws as step by step
+            steps -= len(tokens)
+            yield from tokens
         for _ in range(steps):
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                greedy=greedy, generator=generator, repetition=repetition)
