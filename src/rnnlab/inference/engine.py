@@ -32,12 +32,14 @@ import collections
 import contextlib
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
 from rnnlab.errors import RnnlabError
+from rnnlab.inference.blocks import BLOCK, block_stepper
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.sampling import Stepper, check_sampling, gumbel_max, gumbel_sampled, next_token
 from rnnlab.models.rnnlm import evaluating
@@ -48,6 +50,9 @@ _DONE = object()
 # token, which goes at once): text still arrives ten times a second, and at 32 streams the server and
 # its clients write and read far fewer chunks (50 ms: 3,050 tok/s; 100 ms: 3,700; benchmarks/RESULTS.md)
 FLUSH_SECONDS = 0.1
+# When every stream samples plainly, the engine takes several steps in one call (inference/blocks.py: no Python
+# between the ops), as many as fit in this time: a request that arrives meanwhile waits at most that much longer
+BLOCK_SECONDS = 0.005
 
 
 @dataclass(eq=False)
@@ -167,6 +172,7 @@ class Engine:
         self.closed = False
         self.steps = 0                      # batched steps taken; largest batch seen (for tests and stats)
         self.largest_batch = 0
+        self.step_seconds = 0.0             # the last step's time (a block's, divided by its steps)
         self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
         self.worker.start()
 
@@ -204,6 +210,7 @@ class Engine:
         try:
             with torch.inference_mode(), evaluating(net):
                 stepper = Stepper.of(net, lm.precision)
+                block = block_stepper(stepper)  # None: the model steps from Python only
                 batch = _Batch(stepper.batch_dim)
                 while True:
                     with self.wake:
@@ -226,7 +233,13 @@ class Engine:
                     if not batch.streams:
                         continue
                     try:
-                        batch.logits, batch.state = self._step(stepper, batch.streams, batch.state, batch.logits)
+                        started, steps = time.perf_counter(), self._block_length(block, batch.streams)
+                        if steps > 1:
+                            batch.logits, batch.state = self._step_block(block, steps, batch.streams, batch.state,
+                                                                         batch.logits)
+                        else:
+                            batch.logits, batch.state = self._step(stepper, batch.streams, batch.state, batch.logits)
+                        self.step_seconds = (time.perf_counter() - started) / steps
                     except Exception as e:  # noqa: BLE001 — the batch's streams fail; the engine goes on
                         for stream, _ in batch.streams:
                             stream.fail(e)
@@ -320,22 +333,59 @@ class Engine:
                 row[0, ids] -= presence + frequency * torch.tensor(list(stream.counts.values()), dtype=row.dtype)
             tokens[i] = next_token(row, generator=generator, **stream.sampling)[0]
         for i, ((stream, _), token) in enumerate(zip(active, tokens.tolist())):
-            if i in feeding:
-                continue
-            if token == self.document:  # the stream ends here, as lm.stream does; it leaves at the next step
-                stream.finish, stream.made = "stop", stream.length
-                continue
-            stream.made += 1
-            stream.counts[token] = stream.counts.get(token, 0) + 1
-            if stream.logprobs is None:
-                stream.tokens.put(token)
-            else:
-                lp = rows[i].double().log_softmax(-1)
-                top = lp.topk(min(stream.logprobs, lp.numel()))
-                stream.tokens.put((token, lp[token].item(), dict(zip(top.indices.tolist(), top.values.tolist()))))
+            if i not in feeding:
+                self._hand(stream, token, rows[i])
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(active))
         return stepper.step(tokens.to(self.lm.device), state)
+
+    def _hand(self, stream: Stream, token: int, logits: torch.Tensor | None = None) -> None:
+        """A token sampled for the stream goes to its reader (with `logprobs`, from its row of logits (V,))."""
+        if token == self.document:  # the stream ends here, as lm.stream does; it leaves at the next step
+            stream.finish, stream.made = "stop", stream.length
+            return
+        stream.made += 1
+        stream.counts[token] = stream.counts.get(token, 0) + 1
+        if stream.logprobs is None:
+            stream.tokens.put(token)
+        else:
+            lp = logits.double().log_softmax(-1)
+            top = lp.topk(min(stream.logprobs, lp.numel()))
+            stream.tokens.put((token, lp[token].item(), dict(zip(top.indices.tolist(), top.values.tolist()))))
+
+    def _block_length(self, block, active: list) -> int:
+        """How many steps the next call takes: 1 unless every stream samples plainly (no penalties, no
+        logprobs) and the model has a scripted block; then as many as fit in BLOCK_SECONDS, up to BLOCK,
+        and no more than the longest stream still needs."""
+        if block is None or not all(_plain(stream) and not any(stream.penalties) and stream.logprobs is None
+                                    for stream, _ in active):
+            return 1
+        fit = int(BLOCK_SECONDS / self.step_seconds) if self.step_seconds > 0 else 1
+        needed = max(stream.length - stream.made + len(stream.feeding) for stream, _ in active)
+        return max(1, min(BLOCK, fit, needed))
+
+    def _step_block(self, block, steps: int, active: list, state, logits: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """`steps` of `_step` in one call of the scripted block: each stream's noise drawn from its own generator
+        for the steps it samples (the same draws, in the same order, as step by step), its prompt's tokens
+        forced where it still reads one; then each stream is handed its tokens, up to its end."""
+        vocab = logits.size(1)
+        noise = torch.ones(steps, len(active), vocab)
+        forced = torch.full((steps, len(active)), -1, dtype=torch.long)
+        for i, (stream, generator) in enumerate(active):
+            fed = min(steps, len(stream.feeding))
+            if fed:
+                forced[:fed, i] = torch.tensor([stream.feeding.popleft() for _ in range(fed)])
+            if fed < steps:
+                noise[fed:, i] = torch.empty(steps - fed, vocab).exponential_(generator=generator)
+        temperature = torch.tensor([[stream.sampling["temperature"]] for stream, _ in active])
+        tokens, logits, state = block(logits, state, noise, temperature, forced)
+        for i, (stream, _) in enumerate(active):
+            for step, token in enumerate(tokens[:, i].tolist()):
+                if forced[step, i] < 0 and stream.made < stream.length:
+                    self._hand(stream, token)
+        self.steps += steps
+        self.largest_batch = max(self.largest_batch, len(active))
+        return logits, state
 
 
 def _plain(stream: Stream) -> bool:
