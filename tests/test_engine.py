@@ -57,6 +57,35 @@ def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(tiny_model
     assert len({results[i] for i in range(18) if i % 3}) == 12          # the others are their own
 
 
+def test_plain_streams_step_in_blocks_and_each_writes_what_it_writes_alone(lm, monkeypatch):
+    """With every stream sampling plainly, the engine takes several steps a call (blocks.py): streams joining,
+    reading their prompts and ending inside a block still write exactly what lm.generate writes."""
+    blocks = []
+    real = Engine._step_block
+    monkeypatch.setattr(Engine, "_step_block", lambda self, block, steps, *rest: (blocks.append(steps),
+                                                                                   real(self, block, steps, *rest))[1])
+    prompts = ["ROMEO:", "A", "JULIET: Good", "Wh"]
+    requests = [(prompts[i % 4], 30 + 11 * i, i, 0.6 + 0.1 * i) for i in range(10)]   # prompt, length, seed, T
+    engine = Engine(lm, max_batch=6)
+    results: dict[int, str] = {}
+
+    def client(i: int) -> None:
+        prompt, length, seed, temperature = requests[i]
+        results[i] = text_of(lm, prompt, engine.submit(lm.encode_prompt(prompt), length=length, seed=seed,
+                                                       temperature=temperature))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        engine.close()
+    assert blocks and max(blocks) > 1 and engine.largest_batch > 1              # blocks were taken, streams shared them
+    assert [results[i] for i in range(10)] == [lm.generate(p, length=n, seed=s, temperature=t) for p, n, s, t in requests]
+
+
 def test_prompts_admitted_together_are_read_together_and_each_stream_writes_what_it_writes_alone(lm, monkeypatch):
     from rnnlab.inference import sampling
     calls = []
