@@ -4,6 +4,8 @@
 
 Model: a 2x256 char-level LSTM (65 symbols, random weights: speed does not depend on training).
 - rnnlab, 1 stream: `LanguageModel.stream` (tokens/s as a user sees them, text pieces included).
+- rnnlab, 1 stream, steps from Python: the same with the scripted blocks off (`inference/blocks.py`), what
+  each token cost before them.
 - rnnlab, 32 streams: `sample_ids` with a batch of 32 prompts (tokens/s counts all 32 streams).
 - plain loop: call `nn.LSTM` on one token at a time, carrying the hidden state (the usual loop).
 - re-run prefix: feed the whole text so far at every step, no state carried (quadratic).
@@ -41,7 +43,10 @@ def run_mode(mode: str, tokens: int) -> float:
     lm = build()
     net = lm.net
     start = time.perf_counter()
-    if mode == "rnnlab-1":
+    if mode in ("rnnlab-1", "rnnlab-1-python"):
+        if mode == "rnnlab-1-python":
+            from rnnlab.inference import sampling
+            sampling.block_stepper = lambda stepper: None
         count = sum(1 for _ in lm.stream("ROMEO:", length=tokens, seed=0)) - 1
     elif mode == "rnnlab-32":
         prompt = torch.tensor([lm.encode_prompt("ROMEO:")] * 32)
@@ -80,7 +85,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 2x256 char LSTM, {args.tokens} new tokens per stream")
     # the modes alternate over several rounds and each reports its median: one stream is bound by how fast
     # the weights stream from memory, which on a shared machine moves by tens of percent from minute to minute
-    runs = {mode: [] for mode in ("rnnlab-1", "rnnlab-32", "plain-loop", "rerun-prefix")}
+    runs = {mode: [] for mode in ("rnnlab-1", "rnnlab-1-python", "rnnlab-32", "plain-loop", "rerun-prefix")}
     for _ in range(args.rounds):
         for mode in runs:
             tokens = args.tokens if mode != "rerun-prefix" else min(args.tokens, 1000)
@@ -88,14 +93,16 @@ def main() -> None:
                                  capture_output=True, text=True, check=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
     results = {}
-    print(f"{'mode':<14} {'tokens/s':>10} {'(min - max)':>18} {'peak RSS MB':>12}   median of {args.rounds} rounds")
+    print(f"{'mode':<16} {'tokens/s':>10} {'(min - max)':>18} {'peak RSS MB':>12}   median of {args.rounds} rounds")
     for mode, rs in runs.items():
         rates = sorted(r["tokens_per_s"] for r in rs)
         results[mode] = {"tokens_per_s": rates[len(rates) // 2], "max_rss_mb": max(r["max_rss_mb"] for r in rs)}
-        print(f"{mode:<14} {rates[len(rates) // 2]:>10,.0f} {f'({rates[0]:,.0f} - {rates[-1]:,.0f})':>18} "
+        print(f"{mode:<16} {rates[len(rates) // 2]:>10,.0f} {f'({rates[0]:,.0f} - {rates[-1]:,.0f})':>18} "
               f"{results[mode]['max_rss_mb']:>12,.0f}")
     base = results["plain-loop"]["tokens_per_s"]
     print(f"ratio rnnlab 1 stream / plain loop:     {results['rnnlab-1']['tokens_per_s'] / base:.2f}x")
+    print(f"ratio rnnlab 1 stream, blocks / Python steps: "
+          f"{results['rnnlab-1']['tokens_per_s'] / results['rnnlab-1-python']['tokens_per_s']:.2f}x")
     print(f"ratio rnnlab 1 stream / re-run prefix:  {results['rnnlab-1']['tokens_per_s'] / results['rerun-prefix']['tokens_per_s']:.2f}x"
           f" (prefix re-run over up to {min(args.tokens, 1000)} tokens)")
     print(f"ratio rnnlab 32 streams / 1 stream:     {results['rnnlab-32']['tokens_per_s'] / results['rnnlab-1']['tokens_per_s']:.2f}x")
