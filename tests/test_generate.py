@@ -196,13 +196,15 @@ def test_batched_generation_steps_every_stream_like_the_module(cell):
     assert torch.equal(seq[:, 6:], new)
 
 
-@pytest.mark.parametrize("streams, temperature, steps", [(1, 1.0, 37), (3, 0.7, 16), (2, 1.3, 5)])
-def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(streams, temperature, steps, monkeypatch):
+@pytest.mark.parametrize("cell, streams, temperature, steps",
+                         [("lstm", 1, 1.0, 37), ("lstm", 3, 0.7, 16), ("lstm", 2, 1.3, 5), ("gru", 2, 0.8, 37),
+                          ("rnn", 1, 1.0, 20), ("rnn-relu", 2, 0.9, 20)])
+def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(cell, streams, temperature, steps, monkeypatch):
     """blocks.py runs BLOCK steps a call in TorchScript: the same draws and the same arithmetic as the
     Python step, so a seed gives the same tokens (across a block's end too: 37 = 16 + 16 + 5)."""
     from rnnlab.inference import blocks, sampling
     torch.manual_seed(0)
-    net = RNNLM(ModelConfig(vocab_size=30, cell="lstm", hidden=16, embed_dim=8, layers=3)).eval()
+    net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=3)).eval()
     assert blocks.block_stepper(sampling.Stepper(net)) is not None           # the path under test is taken
     prompt = torch.randint(30, (streams, 4))
 
@@ -239,11 +241,16 @@ def test_a_scripted_block_takes_forced_tokens_where_given_and_samples_the_rest()
     assert all(torch.equal(a, b) for layer_a, layer_b in zip(block_state, state) for a, b in zip(layer_a, layer_b))
 
 
-@pytest.mark.parametrize("cell, precision", [("gru", "fp32"), ("rnn", "fp32"), ("lstm", "bf16")])
-def test_models_the_scripted_block_does_not_cover_step_from_python(cell, precision):
+@pytest.mark.parametrize("why", ["bf16", "one-hot input", "no table", "min cell"])
+def test_models_the_scripted_block_does_not_cover_step_from_python(why, monkeypatch):
     from rnnlab.inference import blocks, sampling
-    net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=2)).eval()
-    assert blocks.block_stepper(sampling.Stepper(net, precision)) is None
+    if why == "no table":  # a vocabulary too large for the first layer's lookup table
+        monkeypatch.setattr(sampling.Stepper, "TABLE_LIMIT", 0)
+    net = RNNLM(ModelConfig(vocab_size=30, cell="minlstm" if why == "min cell" else "lstm", hidden=16, embed_dim=8,
+                            layers=2, input="onehot" if why == "one-hot input" else "learned")).eval()
+    assert blocks.block_stepper(sampling.Stepper(net, "bf16" if why == "bf16" else "fp32")) is None
+    tokens = list(sampling.sample_ids(net, torch.tensor([[1, 2]]), 5, generator=torch.Generator().manual_seed(0)))
+    assert len(tokens) == 5 and all(0 <= int(t) < 30 for t in tokens)
 
 
 def test_sampling_gives_the_network_back_in_the_mode_it_had():

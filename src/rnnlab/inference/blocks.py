@@ -1,18 +1,19 @@
-"""Plain sampling from an LSTM in blocks of steps, each block one call with no Python between its ops.
+"""Plain sampling in blocks of steps, each block one call with no Python between its ops.
 
 A one-token step of a small LSTM is ~30 tiny tensor ops around three matrix-vector products, and
 from Python each op costs a few microseconds of argument parsing and dispatch: for a 2x256 model
 that overhead is about two thirds of a token's time (benchmarks/RESULTS.md, "Single-stream speed").
 So when every stream of a batch samples plainly (temperature only: the Gumbel-max draw, no
-truncation, no penalties), `sample_ids` runs up to BLOCK steps at a time in one TorchScript
-function: the same ops on the same tensors as `Stepper.step` and `gumbel_max`, in the same order,
-so a seed gives the same text token for token (tested). The Gumbel noise of a block is drawn at
-once; torch's CPU generator gives the same numbers for one (K, B, V) draw as for K draws of (B, V).
+truncation, no penalties), `sample_ids` and the engine run up to BLOCK steps at a time in one
+TorchScript function: the same ops on the same tensors as `Stepper.step` and `gumbel_max`, in the
+same order, so a seed gives the same text token for token (tested). The Gumbel noise of a block is
+drawn at once; torch's CPU generator gives the same numbers for one (K, B, V) draw as for K draws of
+(B, V).
 
 TorchScript, not `torch.compile`: compiled, the one-token step was slower than eager on our CPUs
 (inductor's kernels for 1 x 1024 tensors; RESULTS.md), while the TorchScript interpreter runs torch's
 own eager kernels and only removes the Python between them. torch marks `torch.jit.script`
-deprecated; where it is missing or fails, `scripted_block` returns None and sampling steps from
+deprecated; where it is missing or fails, `block_stepper` returns None and sampling steps from
 Python as before.
 """
 
@@ -29,16 +30,18 @@ import torch
 BLOCK = 16
 
 
-def _lstm_block(logits: torch.Tensor, hs: list[torch.Tensor], cs: list[torch.Tensor], table: torch.Tensor,
-                weights: list[torch.Tensor], biases: list[torch.Tensor], decoder_t: torch.Tensor,
-                decoder_bias: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
-                forced: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """K = len(noise) steps: each draws a token a row from `logits` (B, V) by Gumbel-max with the step's
-    noise (B, V) (`temperature`: a number, or a (B, 1) column), or takes `forced[step, row]` where that is
-    >= 0 (a prompt still being read), and feeds the tokens through the layers. `weights[0]` is W_hh0^T (the
-    first layer's input product is the row `table[token]`), `weights[k]` for k >= 1 is [W_ih W_hh]^T; the
-    state `hs`, `cs` (a (B, H) each a layer) is replaced, not changed in place. Returns the tokens (K, B),
-    the logits after the last step, and the state."""
+def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[torch.Tensor], table: torch.Tensor,
+           w_in: list[torch.Tensor], b_in: list[torch.Tensor], w_hh: list[torch.Tensor], b_hh: list[torch.Tensor],
+           decoder_t: torch.Tensor, decoder_bias: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
+           forced: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """K = len(noise) steps of `Stepper.step` for `cell` ("lstm", "gru", "rnn", "rnn-relu"): each draws a token
+    a row from `logits` (B, V) by Gumbel-max with the step's noise (B, V) (`temperature`: a number, or a (B, 1)
+    column), or takes `forced[step, row]` where that is >= 0 (a prompt still being read), and feeds the tokens
+    through the layers. The weights as the Stepper arranges them, transposed: the first layer's input product
+    is the row `table[token]`; above it, LSTM and RNN layers multiply [x, h] by `w_in[k]` = [W_ih W_hh]^T, GRU
+    layers x by W_ih^T and h by `w_hh[k]` = W_hh^T apart. The state `hs` (and `cs`, an LSTM's cells; (B, H) a
+    layer) is replaced, not changed in place. Returns the tokens (K, B), the logits after the last step, and
+    the state."""
     tokens = torch.empty(noise.size(0), noise.size(1), dtype=torch.long)
     H = hs[0].size(1)
     hs, cs = list(hs), list(cs)
@@ -49,25 +52,37 @@ def _lstm_block(logits: torch.Tensor, hs: list[torch.Tensor], cs: list[torch.Ten
         tokens[i] = token
         x = table[token]
         for k in range(len(hs)):
-            if k == 0:
-                gates = torch.addmm(x, hs[0], weights[0])                            # (B, 4H): i f g o
+            h = hs[k]
+            if cell == "gru":
+                gi = x if k == 0 else torch.addmm(b_in[k], x, w_in[k])              # (B, 3H): r z n
+                gh = torch.addmm(b_hh[k], h, w_hh[k])
+                rz = (gi[:, :2 * H] + gh[:, :2 * H]).sigmoid()
+                n = torch.addcmul(gi[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh()
+                x = torch.addcmul(n, rz[:, H:], h - n)                              # (1 - z) n + z h
             else:
-                gates = torch.addmm(biases[k], torch.cat([x, hs[k]], 1), weights[k])
-            s = gates.sigmoid()
-            c = torch.addcmul(s[:, H:2 * H] * cs[k], s[:, :H], gates[:, 2 * H:3 * H].tanh())
-            x = s[:, 3 * H:] * c.tanh()
-            hs[k], cs[k] = x, c
+                pre = (torch.addmm(x, h, w_hh[0]) if k == 0
+                       else torch.addmm(b_in[k], torch.cat([x, h], 1), w_in[k]))
+                if cell == "lstm":                                                  # pre: (B, 4H), i f g o
+                    s = pre.sigmoid()
+                    c = torch.addcmul(s[:, H:2 * H] * cs[k], s[:, :H], pre[:, 2 * H:3 * H].tanh())
+                    x = s[:, 3 * H:] * c.tanh()
+                    cs[k] = c
+                elif cell == "rnn-relu":
+                    x = pre.relu()
+                else:
+                    x = pre.tanh()
+            hs[k] = x
         logits = torch.addmm(decoder_bias, x, decoder_t)
     return tokens, logits, hs, cs
 
 
 @functools.cache
-def _scripted_lstm_block():
-    """The TorchScript of `_lstm_block`, made once a process (~50 ms), or None where torch cannot script it."""
+def _scripted_block():
+    """The TorchScript of `_block`, made once a process (~0.1 s), or None where torch cannot script it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the fallback below covers its removal
-            return torch.jit.script(_lstm_block)
+            return torch.jit.script(_block)
     except Exception:  # noqa: BLE001 — no TorchScript (removed, or no source files): step from Python
         return None
 
@@ -78,22 +93,26 @@ Block = Callable[..., tuple[torch.Tensor, torch.Tensor, list]]
 def block_stepper(stepper) -> Block | None:
     """`run(logits, state, noise, temperature, forced=None) -> tokens (K, B), logits, state` for the stepper's
     model (its state as `Stepper.step` keeps it, its arranged weights), or None where the block path does not
-    apply: not an LSTM whose embedding the stepper folds into a table, bf16 products, not on the CPU, no
-    TorchScript."""
-    if not (stepper.fast and stepper.cell == "lstm" and stepper.table is not None and stepper.precision == "fp32"
+    apply: a model the stepper does not cover or whose embedding it does not fold into a table, bf16
+    products, not on the CPU, no TorchScript."""
+    if not (stepper.fast and stepper.table is not None and stepper.precision == "fp32"
             and stepper.table.device.type == "cpu"):
         return None
-    block = _scripted_lstm_block()
+    block = _scripted_block()
     if block is None:
         return None
-    weights = [stepper.layers[0][2].weight_t] + [product.weight_t for product, *_ in stepper.layers[1:]]
-    biases = [stepper.layers[0][1]] + [bias for _, bias, *_ in stepper.layers[1:]]  # biases[0]: in the table
+    cell, lstm = stepper.cell, stepper.cell == "lstm"
+    w_in = [product.weight_t for product, *_ in stepper.layers]       # the first layer's: folded into the table
+    b_in = [bias for _, bias, *_ in stepper.layers]
+    w_hh = [product_hh.weight_t for _, _, product_hh, _ in stepper.layers]
+    b_hh = [bias_hh for *_, bias_hh in stepper.layers]
     decoder_t, decoder_bias = stepper.decoder.weight_t, stepper.net.decoder.bias.detach()
 
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
-        temperature = torch.as_tensor(temperature, dtype=torch.float32)
-        tokens, logits, hs, cs = block(logits.float(), [h for h, _ in state], [c for _, c in state], stepper.table,
-                                       weights, biases, decoder_t, decoder_bias, temperature, noise, forced)
-        return tokens, logits, list(zip(hs, cs))
+        hs, cs = ([h for h, _ in state], [c for _, c in state]) if lstm else (list(state), [])
+        tokens, logits, hs, cs = block(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
+                                       decoder_t, decoder_bias, torch.as_tensor(temperature, dtype=torch.float32),
+                                       noise, forced)
+        return tokens, logits, list(zip(hs, cs)) if lstm else hs
     return run
