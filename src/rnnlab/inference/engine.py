@@ -357,8 +357,8 @@ class Engine:
         """How many steps the next call takes: 1 unless every stream samples plainly (no penalties, no
         logprobs) and the model has a scripted block; then as many as fit in BLOCK_SECONDS, up to BLOCK,
         and no more than the longest stream still needs."""
-        if block is None or not all(_plain(stream) and not any(stream.penalties) and stream.logprobs is None
-                                    for stream, _ in active):
+        if block is None or not all(gumbel_sampled(**stream.sampling) and not any(stream.penalties)
+                                    and stream.logprobs is None for stream, _ in active):
             return 1
         fit = int(BLOCK_SECONDS / self.step_seconds) if self.step_seconds > 0 else 1
         needed = max(stream.length - stream.made + len(stream.feeding) for stream, _ in active)

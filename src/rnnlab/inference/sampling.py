@@ -339,9 +339,8 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
         else:
             logits, _, hidden = net(prompt)                                  # the prompt in one fused call
             logits, state = logits[:, -1], stepper.begin(hidden)             # (B, V)
-        block = None
-        if stepper.fast and gumbel_sampled(temperature, top_k, top_p, greedy) and not (repetition and repetition.active):
-            block = block_stepper(stepper)
+        plain = gumbel_sampled(temperature, top_k, top_p, greedy) and not (repetition and repetition.active)
+        block = block_stepper(stepper) if plain else None
         while block is not None and steps > 0:                               # BLOCK steps a call (blocks.py)
             noise = torch.empty(min(BLOCK, steps), *logits.shape).exponential_(generator=generator)
             tokens, logits, state = block(logits, state, noise, temperature)  # the same draws as step by step
