@@ -86,6 +86,23 @@ def test_plain_streams_step_in_blocks_and_each_writes_what_it_writes_alone(lm, m
     assert [results[i] for i in range(10)] == [lm.generate(p, length=n, seed=s, temperature=t) for p, n, s, t in requests]
 
 
+def test_penalties_and_logprobs_are_applied_though_they_keep_the_batch_out_of_blocks(lm):
+    """A stream with penalties or logprobs needs its logits each step: the batch it is in steps one at a time."""
+    engine = Engine(lm, max_batch=4)
+    try:
+        with engine.wake:  # all three in one batch
+            plain = engine.submit(lm.encode_prompt("ROMEO:"), length=120, seed=1)
+            penalised = engine.submit(lm.encode_prompt("ROMEO:"), length=120, seed=1, frequency_penalty=2.0)
+            scored = engine.submit(lm.encode_prompt("ROMEO:"), length=30, seed=3, logprobs=2)
+        plain_text, penalised_text, items = text_of(lm, "", plain), text_of(lm, "", penalised), list(scored)
+    finally:
+        engine.close()
+    assert plain_text == lm.generate("ROMEO:", length=120, seed=1)[len("ROMEO:"):]
+    assert penalised_text != plain_text                                  # the same seed, penalised: another text
+    assert max(penalised_text.count(c) for c in set(penalised_text)) < max(plain_text.count(c) for c in set(plain_text))
+    assert len(items) == 30 and all(len(alternatives) == 2 and logprob <= 0 for _, logprob, alternatives in items)
+
+
 def test_prompts_admitted_together_are_read_together_and_each_stream_writes_what_it_writes_alone(lm, monkeypatch):
     from rnnlab.inference import sampling
     calls = []
