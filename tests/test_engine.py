@@ -90,11 +90,14 @@ def test_penalties_and_logprobs_are_applied_though_they_keep_the_batch_out_of_bl
     """A stream with penalties or logprobs needs its logits each step: the batch it is in steps one at a time."""
     engine = Engine(lm, max_batch=4)
     try:
-        with engine.wake:  # all three in one batch
+        with engine.wake:  # each beside a plain stream, in one batch
             plain = engine.submit(lm.encode_prompt("ROMEO:"), length=120, seed=1)
             penalised = engine.submit(lm.encode_prompt("ROMEO:"), length=120, seed=1, frequency_penalty=2.0)
+        plain_text, penalised_text = text_of(lm, "", plain), text_of(lm, "", penalised)
+        with engine.wake:
+            engine.submit(lm.encode_prompt("ROMEO:"), length=60, seed=2)
             scored = engine.submit(lm.encode_prompt("ROMEO:"), length=30, seed=3, logprobs=2)
-        plain_text, penalised_text, items = text_of(lm, "", plain), text_of(lm, "", penalised), list(scored)
+        items = list(scored)
     finally:
         engine.close()
     assert plain_text == lm.generate("ROMEO:", length=120, seed=1)[len("ROMEO:"):]
