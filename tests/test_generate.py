@@ -241,11 +241,17 @@ def test_a_scripted_block_takes_forced_tokens_where_given_and_samples_the_rest()
     assert all(torch.equal(a, b) for layer_a, layer_b in zip(block_state, state) for a, b in zip(layer_a, layer_b))
 
 
-@pytest.mark.parametrize("why", ["bf16", "one-hot input", "no table", "min cell"])
+@pytest.mark.parametrize("why", ["bf16", "one-hot input", "no table", "min cell", "no TorchScript"])
 def test_models_the_scripted_block_does_not_cover_step_from_python(why, monkeypatch):
     from rnnlab.inference import blocks, sampling
     if why == "no table":  # a vocabulary too large for the first layer's lookup table
         monkeypatch.setattr(sampling.Stepper, "TABLE_LIMIT", 0)
+    if why == "no TorchScript":  # a torch whose torch.jit.script is gone or fails
+        def gone(fn):
+            raise RuntimeError("torch.jit.script was removed")
+        monkeypatch.setattr(torch.jit, "script", gone)
+        assert blocks._scripted_block.__wrapped__() is None
+        monkeypatch.setattr(blocks, "_scripted_block", blocks._scripted_block.__wrapped__)
     net = RNNLM(ModelConfig(vocab_size=30, cell="minlstm" if why == "min cell" else "lstm", hidden=16, embed_dim=8,
                             layers=2, input="onehot" if why == "one-hot input" else "learned")).eval()
     assert blocks.block_stepper(sampling.Stepper(net, "bf16" if why == "bf16" else "fp32")) is None

@@ -78,7 +78,7 @@ def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[tor
 
 @functools.cache
 def _scripted_block():
-    """The TorchScript of `_block`, made once a process (~0.1 s), or None where torch cannot script it."""
+    """The TorchScript of `_block`, made once a process (~10 ms), or None where torch cannot script it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the fallback below covers its removal
