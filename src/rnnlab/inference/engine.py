@@ -240,6 +240,8 @@ class Engine:
                         else:
                             batch.logits, batch.state = self._step(stepper, batch.streams, batch.state, batch.logits)
                         self.step_seconds = (time.perf_counter() - started) / steps
+                        self.steps += steps
+                        self.largest_batch = max(self.largest_batch, len(batch.streams))
                     except Exception as e:  # noqa: BLE001 — the batch's streams fail; the engine goes on
                         for stream, _ in batch.streams:
                             stream.fail(e)
@@ -335,8 +337,6 @@ class Engine:
         for i, ((stream, _), token) in enumerate(zip(active, tokens.tolist())):
             if i not in feeding:
                 self._hand(stream, token, rows[i])
-        self.steps += 1
-        self.largest_batch = max(self.largest_batch, len(active))
         return stepper.step(tokens.to(self.lm.device), state)
 
     def _hand(self, stream: Stream, token: int, logits: torch.Tensor | None = None) -> None:
@@ -383,8 +383,6 @@ class Engine:
             for step, token in enumerate(tokens[:, i].tolist()):
                 if forced[step, i] < 0 and stream.made < stream.length:
                     self._hand(stream, token)
-        self.steps += steps
-        self.largest_batch = max(self.largest_batch, len(active))
         return logits, state
 
 
