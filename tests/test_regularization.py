@@ -224,6 +224,23 @@ def test_ema_validates_and_saves_the_average_and_resumes_exactly(tmp_path):
     assert total / count == pytest.approx(best, abs=1e-5)
 
 
+@pytest.mark.numeric  # the validation loss must improve at each of 3 validations (lr 1e-2, 18 steps)
+def test_nt_asgd_that_never_fires_trains_and_saves_what_the_run_without_it_does(tmp_path):
+    # benchmarks/RESULTS.md skips the ptb-1h ablation row `plus-nt-asgd` on this ground: a run whose validation
+    # improves at every check never starts averaging, so it is the run without the option
+    from safetensors.torch import load_file
+    options = dict(TINY, **QUIET, eval_every=6, log_every=1, schedule="constant", lr=1e-2)
+    said = []
+    rnnlab.train(corpus(), tmp_path / "nt", max_steps=18, nt_asgd=1, **{**options, "log": said.append})
+    rnnlab.train(corpus(), tmp_path / "plain", max_steps=18, **options)
+    valid = [r["valid_loss"] for r in metrics(tmp_path / "nt") if "valid_loss" in r]
+    assert len(valid) == 3 and valid[0] > valid[1] > valid[2]           # the trigger's condition never held
+    assert not any("NT-ASGD" in line for line in said)
+    assert train_losses(tmp_path / "nt") == train_losses(tmp_path / "plain")
+    nt, plain = load_file(tmp_path / "nt" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert nt.keys() == plain.keys() and all(torch.equal(nt[k], plain[k]) for k in nt)
+
+
 @pytest.mark.numeric  # SGD at lr 40 without clipping must make validation worse within 16 steps
 def test_nt_asgd_starts_averaging_when_validation_stops_improving_and_resumes_exactly(tmp_path):
     # SGD at a learning rate so high that validation gets worse after a few steps: the trigger must fire
