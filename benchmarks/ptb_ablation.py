@@ -42,6 +42,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # AWD-LSTM's constant rate, then averaged weights: NT-ASGD's trigger needs a validation worse than an earlier
     # one, which neither the cosine's nor the constant rate's 20-epoch curve has, so the average is an EMA
     "constant-lr-ema": ("constant learning rate + weight averaging (EMA 0.999)", dict(schedule="constant", ema=0.999)),
+    # the spike after the 100-step warm-up (RESULTS.md): constant-lr with a longer warm-up, to see what it costs
+    "constant-lr-warmup-500": ("constant learning rate, warm-up 500 steps instead of 100",
+                               dict(schedule="constant", warmup=500)),
 }
 
 
