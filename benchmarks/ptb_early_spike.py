@@ -8,7 +8,7 @@ Several tied `ptb-1h` runs (benchmarks/RESULTS.md, the ablation rows) climb from
 step 100 to 10-13 nats at step 200, worse than the uniform guess over 10,000 words (9.21), and take hundreds
 of steps to come back. The cosine is still at its peak over these steps, so a constant rate stands in for it
 (within 1% of the hour's rate up to step 500). Prints one row per variant and seed: the training loss (the mean
-of each 50-step log window) at steps 100 and 500 and the highest after step 100.
+of each 50-step log window) at step 100, the highest after it, the last, and the validation perplexity at the end.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def main() -> None:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    if args.steps < 150:
+        parser.error("--steps must be at least 150: the warm-up is 100 steps and the loss is logged every 50")
     print(f"machine: {cpu_name()}; --preset ptb-1h --schedule constant --max-steps {args.steps}")
-    print("| variant | seed | train loss at 100 | highest after 100 (step) | at the end |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | seed | train loss at 100 | highest after 100 (step) | at the end | valid ppl at the end |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name in args.variants or list(VARIANTS):
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as out:
@@ -55,8 +57,9 @@ def main() -> None:
                 records = [json.loads(line) for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
             losses = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
             peak, at = max((loss, step) for step, loss in losses.items() if step > 100)
+            valid = [r["valid_ppl"] for r in records if "valid_ppl" in r][-1]
             print(f"| {name} | {seed} | {losses.get(100, float('nan')):.2f} | {peak:.2f} ({at}) | "
-                  f"{losses[max(losses)]:.2f} |", flush=True)
+                  f"{losses[max(losses)]:.2f} | {valid:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
