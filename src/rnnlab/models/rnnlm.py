@@ -166,3 +166,24 @@ def detach(hidden):
     if isinstance(hidden, tuple):
         return tuple(h.detach() for h in hidden)
     return hidden.detach()
+
+
+def reset_runaway_streams(hidden, limit: float):
+    """Zero the carried state of every stream whose LSTM cell state has grown past `limit` in magnitude;
+    returns the state and how many streams were reset.
+
+    A stream can fall into a regime where some units' forget and input gates sit at 1 and their cell
+    counts up by one per token; their saturated outputs hold the gates there. Saturated, those units pass
+    no gradient, so training cannot pull a carried state out, and truncated BPTT never sees how it got
+    in: the loss of a `ptb-1h` run climbed from 6.7 to 13.4 nats and stayed there until the epoch's reset
+    (benchmarks/RESULTS.md, "The loss spike after ptb-1h's warm-up"). Starting such a stream afresh, as
+    an epoch does, ends it. Other cells' states are bounded (tanh) and pass through unchanged."""
+    if not isinstance(hidden, tuple):
+        return hidden, 0
+    h, c = hidden                                   # (layers, B, H) each
+    runaway = c.abs().amax(dim=(0, 2)) > limit      # (B,)
+    count = int(runaway.sum())
+    if not count:
+        return hidden, 0
+    keep = (~runaway).to(c.dtype)[None, :, None]
+    return (h * keep, c * keep), count

@@ -55,6 +55,9 @@ class TrainConfig:
     nt_asgd: int | None = option(None, "NT-ASGD's trigger (AWD-LSTM: 5): once a validation is worse than the best "
                                  "of all but the last N, average the weights uniformly from then on; validation, "
                                  "the saved model and generation use the average", metavar="N")
+    state_limit: float | None = option(50.0, "LSTM: a stream whose carried cell state grows past this magnitude "
+                                       "(normal: under 15) starts its next window from zero, as at an epoch's "
+                                       "start; 'none' for off", metavar="X", parse=parse_clip)
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
                             "fp32)", metavar="NAME")
@@ -88,6 +91,8 @@ class TrainConfig:
             raise RnnlabError(f"--ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if self.nt_asgd is not None and self.ema is not None:
             raise RnnlabError("--ema and --nt-asgd both average the weights; choose one")
+        if self.state_limit is not None and not self.state_limit > 0:
+            raise RnnlabError(f"--state-limit must be > 0 (or 'none'), got {self.state_limit}")
         if self.clip is not None and not self.clip > 0:
             raise RnnlabError(f"--clip must be > 0 (or 'none'), got {self.clip}")
         if self.time_budget is not None and not 0 < self.time_budget < math.inf:

@@ -18,8 +18,8 @@ PRESETS: dict[str, dict] = {
     # table in RESULTS.md measures them at this budget).
     "ptb-1h": dict(level="word", cell="lstm", layers=2, hidden=650, embed_dim=650, tie_weights=True,
                    dropout_embed=0.1, dropout_input=0.4, dropout_hidden=0.25, dropout_output=0.4,
-                   batch_size=64, bptt=35, optimizer="adamw", lr=3e-3, weight_decay=0.01, schedule="cosine",
-                   warmup=100, lr_floor=0.02, clip=0.25, precision="bf16", eval_every=830, time_budget=60.0),
+                   batch_size=64, bptt=35, optimizer="adamw", lr=3e-3, weight_decay=0.01, schedule="constant",
+                   warmup=100, ema=0.999, clip=0.25, precision="bf16", eval_every=830, time_budget=60.0),
     # A book at word level in 5 minutes on 2 CPU cores (issue 15; benchmarks/RESULTS.md): a book of ~250k words
     # overfits within minutes, so the softmax is tied to the embedding (half the parameters of an untied adaptive
     # one, and the better of the two by half: 122 against 240 on Tiny Shakespeare), with embedding dropout and

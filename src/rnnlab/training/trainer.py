@@ -36,7 +36,7 @@ from rnnlab.files import FILE_MODE, reported_write_errors
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.metrics import perplexity, stream_sums
 from rnnlab.models import checkpoint
-from rnnlab.models.rnnlm import detach
+from rnnlab.models.rnnlm import detach, reset_runaway_streams
 from rnnlab.training import distributed
 from rnnlab.training.config import TrainConfig
 from rnnlab.training.distributed import SINGLE, World
@@ -158,6 +158,7 @@ class Trainer:
         self.bad_validations = 0
         self.elapsed = 0.0               # seconds of training so far, across resumes
         self.tokens_seen = 0
+        self.state_resets = 0            # streams whose runaway LSTM state was cleared (--state-limit)
         self.last_valid_step = -1
         self.stop_reason = ""
         self.layer_norms: dict[str, float] = {}
@@ -179,6 +180,7 @@ class Trainer:
             "rng_per_rank": distributed.gather_bytes(torch.get_rng_state(), self.world),
             "world_size": self.world.size, "train_config": asdict(self.cfg),
             "valid_history": self.valid_history, "averaging_from": self.averaging_from,
+            "state_resets": self.state_resets,
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
@@ -196,6 +198,7 @@ class Trainer:
             raise RnnlabError("the checkpoint was trained without --ema; resume without it, or start a new run")
         self.valid_history = list(state.get("valid_history", []))
         self.averaging_from = state.get("averaging_from")
+        self.state_resets = state.get("state_resets", 0)
         if "ema" in state:
             if self.ema is None:  # NT-ASGD had begun averaging
                 from torch.optim.swa_utils import AveragedModel
@@ -254,6 +257,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
+        if self.cfg.state_limit is not None:
+            self.hidden, reset = reset_runaway_streams(self.hidden, self.cfg.state_limit)
+            self.state_resets += reset
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             _, loss, hidden = (self.ddp or self.lm.net)(x, self.hidden, targets=y)
         penalty = self.lm.net.activation_penalty  # AR/TAR (zero unless --ar/--tar): trained on, not reported
@@ -420,7 +426,7 @@ class Trainer:
                         self.write_metrics({"step": self.step, "epoch": self.epoch, "train_loss": mean,
                                             "train_ppl": perplexity(mean), "lr": self.lr,
                                             "grad_norm": grad_norm, "layer_grad_norms": self.layer_norms,
-                                            "tokens_per_s": tok_s,
+                                            "tokens_per_s": tok_s, "state_resets": self.state_resets,
                                             "elapsed": round(self.elapsed, 2)})
                         window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
                     if self.step % 10 == 0:
