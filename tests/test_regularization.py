@@ -12,7 +12,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.regularization import (RegularizedGRU, RegularizedLSTM, activation_penalty, dropout,
                                           embedding_dropout, locked_dropout)
-from rnnlab.models.rnnlm import RNNLM
+from rnnlab.models.rnnlm import RNNLM, reset_runaway_streams
 
 AWD = dict(dropout_embed=0.1, dropout_input=0.3, dropout_hidden=0.2, dropout_output=0.3, weight_drop=0.4, ar=2.0,
            tar=1.0)
@@ -259,3 +259,52 @@ def test_nt_asgd_starts_averaging_when_validation_stops_improving_and_resumes_ex
     assert [part[s] for s in range(1, 17)] == pytest.approx([full[s] for s in range(1, 17)], abs=1e-6)
     with pytest.raises(RnnlabError, match="choose one"):
         rnnlab.train(corpus(), tmp_path / "x", max_steps=1, ema=0.9, nt_asgd=2, **QUIET)
+
+
+def test_reset_runaway_streams_zeroes_exactly_the_streams_past_the_limit():
+    h, c = torch.rand(2, 5, 4) * 2 - 1, torch.rand(2, 5, 4) * 20 - 10      # (layers, streams, units), |c| < 10
+    c[1, 3, 2] = -256.0                                                     # stream 3 counts up in layer 2
+    c[0, 0, 1] = 51.0                                                       # stream 0 just past the limit
+    (h2, c2), reset = reset_runaway_streams((h, c), 50.0)
+    assert reset == 2
+    for stream in range(5):
+        if stream in (0, 3):
+            assert not h2[:, stream].any() and not c2[:, stream].any()     # starts afresh, like an epoch
+        else:
+            assert torch.equal(h2[:, stream], h[:, stream]) and torch.equal(c2[:, stream], c[:, stream])
+    at_limit = (h, c.clamp(-50, 50))
+    assert reset_runaway_streams(at_limit, 50.0) == (at_limit, 0)          # at the limit: kept, the same tensors
+    gru = torch.full((2, 5, 4), 0.99)
+    assert reset_runaway_streams(gru, 0.5)[1] == 0 and reset_runaway_streams(gru, 0.5)[0] is gru  # bounded: as is
+
+
+def test_state_limit_resets_carried_states_in_training_counts_them_and_resumes_exactly(tmp_path):
+    options = dict(TINY, **QUIET, cell="lstm", log_every=1, schedule="constant", eval_every=6)
+    rnnlab.train(corpus(), tmp_path / "default", max_steps=6, **options)          # a healthy run: limit 50
+    rnnlab.train(corpus(), tmp_path / "off", max_steps=6, state_limit=None, **options)
+    rnnlab.train(corpus(), tmp_path / "every", max_steps=6, state_limit=1e-9, **options)  # every state "ran away"
+    resets = {name: [r["state_resets"] for r in metrics(tmp_path / name) if "state_resets" in r]
+              for name in ("default", "off", "every")}
+    assert resets["default"] == resets["off"] == [0] * 6
+    assert resets["every"] == [TINY["batch_size"] * (step - 1) for step in range(1, 7)]  # all streams from step 2
+    default, off, every = (train_losses(tmp_path / name) for name in ("default", "off", "every"))
+    assert default == off                                   # the limit changes nothing until a state passes it
+    assert every[1] == default[1] and every[6] != default[6]   # the reset states are the ones trained on
+    rnnlab.train(corpus(), tmp_path / "part", max_steps=3, state_limit=1e-9, **options)
+    rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=6, progress=False, log=lambda m: None)
+    assert train_losses(tmp_path / "part") == pytest.approx(every, abs=1e-6)
+    assert [r["state_resets"] for r in metrics(tmp_path / "part") if "state_resets" in r][-1] == resets["every"][-1]
+    with pytest.raises(RnnlabError, match="state-limit"):
+        rnnlab.train(corpus(), tmp_path / "x", max_steps=1, state_limit=-1.0, **QUIET)
+
+
+def test_the_average_and_the_state_limit_can_be_turned_off_over_a_preset():
+    # benchmarks/ptb_ablation.py's rows and the README's older ptb-1h runs need the preset without them
+    from rnnlab.cli import build_parser
+    from rnnlab.training.presets import apply_preset
+    args = vars(build_parser().parse_args(["train", "ptb.txt", "--preset", "ptb-1h", "--ema", "none",
+                                           "--state-limit", "off"]))
+    options = apply_preset(args["preset"], {k: args[k] for k in ("ema", "state_limit")})
+    assert options["ema"] is None and options["state_limit"] is None and options["hidden"] == 650
+    assert apply_preset("ptb-1h", {})["ema"] == 0.999
+    assert vars(build_parser().parse_args(["train", "x", "--ema", "0.99"]))["ema"] == 0.99

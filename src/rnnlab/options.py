@@ -39,8 +39,8 @@ def parse_int_list(text: str) -> tuple[int, ...]:
         raise ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
 
 
-def parse_clip(text: str) -> float | None:
-    """A gradient-norm clip, or none/off/0 for no clipping."""
+def parse_or_none(text: str) -> float | None:
+    """A number, or none/off/0 for none: a gradient-norm clip, a state limit, an averaging decay."""
     if text.lower() in ("none", "off", "0"):
         return None
     try:

@@ -11,7 +11,7 @@ from rnnlab.cli.run import CORPUS_FLAGS
 from rnnlab.errors import RnnlabError
 from rnnlab.files import output_dir, reported_write_errors
 from rnnlab.models.registry import COMPARED
-from rnnlab.options import parse_clip, parse_seed
+from rnnlab.options import parse_or_none, parse_seed
 from rnnlab.training.config import DataConfig
 
 DEFAULT_CELLS = ",".join(COMPARED)
@@ -55,7 +55,7 @@ def gradients_command(args: argparse.Namespace) -> int:
     from rnnlab.studies import gradients, plots
     cells = parse_cells(args.cell)
     try:
-        clips = [parse_clip(c) for c in args.clip.split(",")]
+        clips = [parse_or_none(c) for c in args.clip.split(",")]
     except argparse.ArgumentTypeError as e:
         raise RnnlabError(f"--clip: {e}") from None
     out = output_dir(args.out)

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, fields
 
 from rnnlab.errors import RnnlabError
-from rnnlab.options import check_at_least_one, check_seed, check_types, option, parse_clip
+from rnnlab.options import check_at_least_one, check_seed, check_types, option, parse_or_none
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau", "step")
@@ -34,7 +34,7 @@ class TrainConfig:
                              metavar="X")
     decay_start: int = option(4, "step: epochs at full lr before decaying every epoch (Zaremba: 4)", metavar="N")
     clip: float | None = option(1.0, "global gradient-norm clip, the remedy for exploding gradients; 'none' for "
-                                "off", metavar="NORM", parse=parse_clip)
+                                "off", metavar="NORM", parse=parse_or_none)
     epochs: int | None = option(None, "passes over the training split (10 if no other limit is set)", metavar="N")
     max_steps: int | None = option(None, "optimiser steps", metavar="N")
     time_budget: float | None = option(None, "minutes of training; stops cleanly, then validates and saves",
@@ -51,13 +51,14 @@ class TrainConfig:
                                  "half of it, jittered by N(0, 5)), the lr scaled with it (AWD-LSTM)")
     ema: float | None = option(None, "keep an exponential moving average of the weights with this decay (e.g. "
                                "0.999); validation, the saved model and generation use the average (Polyak "
-                               "averaging; AWD-LSTM averages with NT-ASGD)", metavar="DECAY")
+                               "averaging; AWD-LSTM averages with NT-ASGD); 'none' for off", metavar="DECAY",
+                               parse=parse_or_none)
     nt_asgd: int | None = option(None, "NT-ASGD's trigger (AWD-LSTM: 5): once a validation is worse than the best "
                                  "of all but the last N, average the weights uniformly from then on; validation, "
                                  "the saved model and generation use the average", metavar="N")
     state_limit: float | None = option(50.0, "LSTM: a stream whose carried cell state grows past this magnitude "
                                        "(normal: under 15) starts its next window from zero, as at an epoch's "
-                                       "start; 'none' for off", metavar="X", parse=parse_clip)
+                                       "start; 'none' for off", metavar="X", parse=parse_or_none)
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
                             "fp32)", metavar="NAME")
