@@ -1,7 +1,7 @@
 """Where `ptb-1h`'s early loss spike lives: the carried hidden state, not the weights.
 
     python benchmarks/ptb_carried_state.py                   # 450 steps, --state-limit none (~3 min)
-    python benchmarks/ptb_carried_state.py --state-limit 50  # the trainer's default: the spike does not start
+    python benchmarks/ptb_carried_state.py --state-limit 50  # ptb-1h's limit: the spike does not start
 
 Trains the first STEPS steps of `ptb-1h` with a constant rate (the run whose loss spiked in
 benchmarks/RESULTS.md) and, every 25 steps from step 100, scores the coming batch four ways before the

@@ -280,8 +280,8 @@ def test_reset_runaway_streams_zeroes_exactly_the_streams_past_the_limit():
 
 def test_state_limit_resets_carried_states_in_training_counts_them_and_resumes_exactly(tmp_path):
     options = dict(TINY, **QUIET, cell="lstm", log_every=1, schedule="constant", eval_every=6)
-    rnnlab.train(corpus(), tmp_path / "default", max_steps=6, **options)          # a healthy run: limit 50
-    rnnlab.train(corpus(), tmp_path / "off", max_steps=6, state_limit=None, **options)
+    rnnlab.train(corpus(), tmp_path / "default", max_steps=6, state_limit=50.0, **options)  # healthy: none past 50
+    rnnlab.train(corpus(), tmp_path / "off", max_steps=6, **options)                # off unless asked for
     rnnlab.train(corpus(), tmp_path / "every", max_steps=6, state_limit=1e-9, **options)  # every state "ran away"
     resets = {name: [r["state_resets"] for r in metrics(tmp_path / name) if "state_resets" in r]
               for name in ("default", "off", "every")}
@@ -306,5 +306,5 @@ def test_the_average_and_the_state_limit_can_be_turned_off_over_a_preset():
                                            "--state-limit", "off"]))
     options = apply_preset(args["preset"], {k: args[k] for k in ("ema", "state_limit")})
     assert options["ema"] is None and options["state_limit"] is None and options["hidden"] == 650
-    assert apply_preset("ptb-1h", {})["ema"] == 0.999
+    assert apply_preset("ptb-1h", {})["ema"] == 0.999 and apply_preset("ptb-1h", {})["state_limit"] == 50.0
     assert vars(build_parser().parse_args(["train", "x", "--ema", "0.99"]))["ema"] == 0.99

@@ -56,9 +56,10 @@ class TrainConfig:
     nt_asgd: int | None = option(None, "NT-ASGD's trigger (AWD-LSTM: 5): once a validation is worse than the best "
                                  "of all but the last N, average the weights uniformly from then on; validation, "
                                  "the saved model and generation use the average", metavar="N")
-    state_limit: float | None = option(50.0, "LSTM: a stream whose carried cell state grows past this magnitude "
-                                       "(normal: under 15) starts its next window from zero, as at an epoch's "
-                                       "start; 'none' for off", metavar="X", parse=parse_or_none)
+    state_limit: float | None = option(None, "LSTM: a stream whose carried cell state grows past this magnitude "
+                                       "starts its next window from zero, as at an epoch's start: for a state "
+                                       "stuck counting up (ptb-1h: 50); 'none' for off", metavar="X",
+                                       parse=parse_or_none)
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     precision: str = option("fp32", "fp32 | bf16: autocast matmuls and recurrences to bfloat16 (weights stay "
                             "fp32)", metavar="NAME")
