@@ -36,7 +36,7 @@ def probed(train_step):
             net, carried = trainer.lm.net, trainer.hidden
             rng = torch.get_rng_state()
             losses = []
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+            with torch.no_grad(), torch.autocast(trainer.device.type, dtype=torch.bfloat16,
                                                  enabled=trainer.cfg.precision == "bf16"):
                 for training in (True, False):
                     net.train(training)
