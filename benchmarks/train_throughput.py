@@ -1,6 +1,6 @@
 """Training speed: rnnlab's training loop against a minimal plain-PyTorch loop, same model and data.
 
-    .venv/bin/python benchmarks/train_throughput.py [--seconds 8] [--rounds 2]
+    .venv/bin/python benchmarks/train_throughput.py [--seconds 8] [--rounds 2] [--device cuda]
 
 For rnn / lstm / gru at hidden 256 and 512, char level (Tiny Shakespeare, batch 32, bptt 128) and
 word level (PTB, batch 20, bptt 35), both loops train the same 2-layer model (same seed, same
@@ -34,16 +34,23 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10, trials: int = 5) -> float:
-    """The best of a few timed runs of a large square matmul: the machine's usable fp32 peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10, trials: int = 5) -> float:
+    """The best of a few timed runs of a large square matmul: the device's usable fp32 peak."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     for _ in range(3):
         a @ b
     best = 0.0
     for _ in range(trials):
+        sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        sync(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -61,6 +68,7 @@ def plain_loop(data: torch.Tensor, vocab: int, cell: str, hidden: int, bptt: int
     torch.manual_seed(0)
     rnn_class = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
     emb, rnn, dec = nn.Embedding(vocab, hidden), rnn_class(hidden, hidden, 2, batch_first=True), nn.Linear(hidden, vocab)
+    emb, rnn, dec = emb.to(data.device), rnn.to(data.device), dec.to(data.device)
     params = [*emb.parameters(), *rnn.parameters(), *dec.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
     h, i, tokens, start = None, 0, 0, None
@@ -80,10 +88,12 @@ def plain_loop(data: torch.Tensor, vocab: int, cell: str, hidden: int, bptt: int
         i += bptt
         steps += 1
         if steps == 3:  # warm-up done
+            sync(data.device)
             start, tokens = time.perf_counter(), 0
         elif start is not None:
             tokens += y.numel()
             if time.perf_counter() - start > seconds:
+                sync(data.device)   # a GPU's queued steps count too
                 return tokens / (time.perf_counter() - start)
 
 
@@ -106,18 +116,22 @@ def main() -> None:
     parser.add_argument("--cells", default="rnn,lstm,gru")
     parser.add_argument("--hidden", default="256,512")
     parser.add_argument("--out", default="runs/bench-throughput")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (both loops; default: cpu)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the folder holding tinyshakespeare/ and ptb/")
     args = parser.parse_args()
-    shakespeare = (DATA / "tinyshakespeare" / "input.txt").read_text()[:300_000]
-    ptb = (DATA / "ptb" / "ptb.train.txt").read_text()[:1_500_000]
+    device = torch.device(args.device)
+    shakespeare = (args.data / "tinyshakespeare" / "input.txt").read_text()[:300_000]
+    ptb = (args.data / "ptb" / "ptb.train.txt").read_text()[:1_500_000]
     settings = {"char": (Corpus("shakespeare", shakespeare, shakespeare[:2000]), 32, 128),
                 "word": (Corpus("ptb", ptb, ptb[:5000], pretokenized=True), 20, 35)}
-    peak = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s")
+    peak = matmul_gflops(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; fp32 matmul peak {peak:.0f} GFLOP/s")
     print(f"{'level':<5} {'cell':<5} {'hidden':>6} {'plain tok/s':>12} {'rnnlab tok/s':>13} {'ratio':>6} {'of peak':>8}")
     for level, (corpus, batch, bptt) in settings.items():
         tokenizer = build_tokenizer(level, corpus.train, pretokenized=corpus.pretokenized)
         ids = torch.as_tensor(tokenizer.encode(corpus.train))
-        data = ids[: len(ids) // batch * batch].view(batch, -1)
+        data = ids[: len(ids) // batch * batch].view(batch, -1).to(device)
         for cell in args.cells.split(","):
             for hidden in map(int, args.hidden.split(",")):
                 # alternate the two loops and keep each one's best slice: a slow moment of the machine
@@ -126,7 +140,7 @@ def main() -> None:
                 for _ in range(args.rounds):
                     plain = max(plain, plain_loop(data, tokenizer.vocab_size, cell, hidden, bptt, args.seconds))
                     ours = max(ours, rnnlab_loop(corpus, level, cell, hidden, batch, bptt, args.seconds,
-                                                 Path(args.out) / f"{level}-{cell}-{hidden}"))
+                                                 Path(args.out) / f"{level}-{cell}-{hidden}", device=args.device))
                 fraction = ours * flops_per_token(cell, tokenizer.vocab_size, hidden, hidden, 2) / 1e9 / peak
                 print(f"{level:<5} {cell:<5} {hidden:>6} {plain:>12,.0f} {ours:>13,.0f} {ours / plain:>6.2f} "
                       f"{fraction:>7.0%}", flush=True)

@@ -31,6 +31,41 @@ def test_weights_round_trip_exactly(tmp_path, tie):
     assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
 
 
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_weights_packed_into_one_buffer_as_cudnn_does_save_and_load(tmp_path, tie):
+    """On a GPU cuDNN makes an LSTM's weights views of one flat buffer, which safetensors refuses to write
+    ("None is covering the entire storage"; found on an H200). The same packing, made here by hand on the CPU."""
+    tok = CharTokenizer.fit("hello world\n")
+    config = ModelConfig(vocab_size=tok.vocab_size, cell="lstm", layers=2, hidden=8, embed_dim=8, tie_weights=tie)
+
+    def packed(net):
+        params = list(net.rnn.parameters())
+        flat = torch.cat([p.detach().flatten() for p in params])
+        offset = 0
+        for p in params:
+            p.data = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        return net, flat
+
+    net, flat = packed(RNNLM(config))
+    assert checkpoint.packs_weights(net)
+    path = tmp_path / "m"
+    path.mkdir()
+    checkpoint.save_checkpoint(path, net, {"step": 1}, {"model_type": "rnn", "model": net.config.to_dict()},
+                               tok.to_dict())
+    lm = load(path)
+    for (name, a), (_, b) in zip(net.state_dict().items(), lm.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
+    assert net.rnn.weight_hh_l0.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()  # left as it was
+    torch.manual_seed(1)
+    other, other_flat = packed(RNNLM(config))     # loading into a packed model (training reloads its best weights)
+    checkpoint.load_weights(other, path)
+    for (name, a), (_, b) in zip(net.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert other.rnn.weight_hh_l0.untyped_storage().data_ptr() == other_flat.untyped_storage().data_ptr()
+
 def test_atomic_writes_leave_no_temporary_files(tmp_path):
     make_dir(tmp_path / "m")
     state = {"step": 1}

@@ -76,15 +76,25 @@ def test_early_stopping_after_patience_bad_validations(tmp_path):
     assert config["stop_reason"].startswith("early stop") and config["steps"] < 250
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant", "wsd"])
 def test_learning_rate_schedules(tmp_path, schedule):
     rnnlab.train(corpus(), tmp_path / "m", epochs=6, schedule=schedule, lr=1e-2, lr_decay=0.5, decay_start=2,
-                 eval_every=None, log_every=1, **{**TINY, "batch_size": 32, "bptt": 100})
-    lrs = [r["lr"] for r in metrics(tmp_path / "m") if "train_loss" in r]
+                 lr_floor=0.1, decay_fraction=0.25, eval_every=None, log_every=1,
+                 **{**TINY, "batch_size": 32, "bptt": 100})
+    records = [r for r in metrics(tmp_path / "m") if "train_loss" in r]
+    lrs = [r["lr"] for r in records]
     if schedule == "constant":
         assert set(lrs) == {1e-2}
     elif schedule == "cosine":
         assert lrs[0] == pytest.approx(1e-2) and lrs[-1] < 0.15e-2 and lrs == sorted(lrs, reverse=True)
+    elif schedule == "wsd":   # the full rate for the first 75% of the steps, then a straight line down to 10%
+        steps = len(records)
+        stable = [r["lr"] for r in records if r["step"] <= 0.75 * steps]
+        decay = [r["lr"] for r in records if r["step"] > 0.75 * steps + 1]
+        assert stable == pytest.approx([1e-2] * len(stable)) and decay == sorted(decay, reverse=True)
+        slopes = [a - b for a, b in zip(decay, decay[1:])]
+        assert len(decay) >= 3 and max(slopes) == pytest.approx(min(slopes), rel=1e-6)       # a straight line
+        assert decay[-1] - slopes[0] == pytest.approx(1e-3, rel=1e-6)   # ... that reaches the floor as the run ends
     else:
         assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-2 * 0.5 ** 4)  # epochs 3..6 decayed
 

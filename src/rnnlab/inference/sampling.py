@@ -99,7 +99,11 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
                top_p: float | None = None, greedy: bool = False,
                generator: torch.Generator | None = None, repetition: Repetition | None = None) -> torch.Tensor:
     """logits (B, V) -> token ids (B,). With `repetition` (one stream, B = 1), its penalties shape
-    the logits first and it records the token chosen."""
+    the logits first and it records the token chosen. A stream's `generator` lives on the CPU: logits from a
+    GPU are drawn there (the token goes back to the host to be shown anyway)."""
+    if generator is not None and logits.device != generator.device:
+        return next_token(logits.cpu(), temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                          generator=generator, repetition=repetition).to(logits.device)
     if repetition is not None and repetition.active:
         token = next_token(repetition.adjust(logits), temperature=temperature, top_k=top_k, top_p=top_p,
                            greedy=greedy, generator=generator)

@@ -18,6 +18,7 @@ still holds a complete checkpoint and `resume_dir` finds it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import glob
 import io
@@ -196,7 +197,18 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise _os_error(e) from None
 
 
+def packs_weights(model: torch.nn.Module) -> bool:
+    """Whether some of the model's tensors are parts of one buffer, as cuDNN packs an RNN's weights on a GPU;
+    safetensors refuses to write those (a tie, one tensor under two names, it handles itself)."""
+    views: dict[int, set] = {}
+    for t in model.state_dict().values():
+        views.setdefault(t.untyped_storage().data_ptr(), set()).add((t.data_ptr(), tuple(t.shape), t.stride()))
+    return any(len(v) > 1 for v in views.values())
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
+    if packs_weights(model):   # a copy on the CPU: each tensor its own buffer, ties kept
+        model = copy.deepcopy(model).cpu()
     try:
         atomic_write(path, lambda tmp: save_model(model, tmp))
     except SafetensorError as e:
@@ -307,11 +319,15 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         raise RnnlabError(f"{directory} has no {WEIGHTS}; the model directory is incomplete")
+    target = copy.deepcopy(model).cpu() if packs_weights(model) else model   # as save_weights
     try:
-        load_model(model, path, strict=True, device="cpu")
+        load_model(target, path, strict=True, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RnnlabError(f"{path} is corrupt or does not match config.json ({first[:160]})") from None
+    if target is not model:
+        with torch.no_grad():
+            model.load_state_dict(target.state_dict())   # copied into the packed buffer, which stays packed
 
 
 def check_weights_match(directory: Path, config, build) -> None:

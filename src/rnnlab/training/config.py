@@ -12,7 +12,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.options import check_at_least_one, check_seed, check_types, option, parse_or_none
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "plateau", "step")
+SCHEDULES = ("constant", "cosine", "wsd", "plateau", "step")
 PRECISIONS = ("fp32", "bf16")
 LEVELS = ("char", "word", "bpe")
 BASELINES = ("hmm", "ngram")
@@ -27,9 +27,12 @@ class TrainConfig:
     lr: float = option(3e-3, "peak learning rate", metavar="X")
     momentum: float = option(0.0, "sgd momentum", metavar="X")
     weight_decay: float = option(0.0, "weight decay: decoupled for adamw, L2 for sgd and adam", metavar="X")
-    schedule: str = option("cosine", "constant | cosine (to lr-floor at the end) | plateau | step", metavar="NAME")
+    schedule: str = option("cosine", "constant | cosine (to lr-floor at the end) | wsd (constant, then a linear "
+                           "decay to lr-floor over the last decay-fraction of the run) | plateau | step", metavar="NAME")
     warmup: int = option(0, "steps of linear warm-up", metavar="N")
-    lr_floor: float = option(0.1, "cosine: the final lr as a fraction of --lr", metavar="X")
+    lr_floor: float = option(0.1, "cosine, wsd: the final lr as a fraction of --lr", metavar="X")
+    decay_fraction: float = option(0.2, "wsd: the last fraction of the run (of its steps, epochs or time budget) "
+                                   "over which the lr decays", metavar="X")
     lr_decay: float = option(0.25, "plateau: lr multiplier when validation stops improving; step: each epoch",
                              metavar="X")
     decay_start: int = option(4, "step: epochs at full lr before decaying every epoch (Zaremba: 4)", metavar="N")
@@ -84,6 +87,8 @@ class TrainConfig:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(self, name)}")
         if not 0 <= self.lr_floor <= 1:
             raise RnnlabError(f"--lr-floor is a fraction of --lr in [0, 1], got {self.lr_floor}")
+        if not 0 < self.decay_fraction <= 1:
+            raise RnnlabError(f"--decay-fraction is a fraction of the run in (0, 1], got {self.decay_fraction}")
         if not 0 < self.lr_decay <= 1:
             raise RnnlabError(f"--lr-decay is a multiplier in (0, 1], got {self.lr_decay}")
         for name in ("warmup", "decay_start"):

@@ -88,6 +88,17 @@ def _rng_state() -> dict:
     return state
 
 
+def _averaged(net: torch.nn.Module, multi_avg_fn=None) -> torch.nn.Module:
+    """torch's AveragedModel of `net` (a copy), its RNN weights packed into one buffer as cuDNN wants them on a
+    GPU: the copy's are not, and cuDNN would warn and compact them at every call (a no-op on the CPU)."""
+    from torch.optim.swa_utils import AveragedModel
+    averaged = AveragedModel(net, multi_avg_fn=multi_avg_fn)
+    for module in averaged.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            module.flatten_parameters()
+    return averaged
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -144,8 +155,8 @@ class Trainer:
         # or, with --nt-asgd, a uniform average that starts when validation stops improving (AWD-LSTM)
         self.ema = None
         if cfg.ema is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.ema = AveragedModel(lm.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+            from torch.optim.swa_utils import get_ema_multi_avg_fn
+            self.ema = _averaged(lm.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
         self.valid_history: list[float] = []   # every validation loss, for NT-ASGD's trigger
         self.averaging_from: int | None = None  # the step NT-ASGD began averaging at
         # the loop's whole state: with the weights, optimiser and RNG it is all a resume needs
@@ -201,8 +212,7 @@ class Trainer:
         self.state_resets = state.get("state_resets", 0)
         if "ema" in state:
             if self.ema is None:  # NT-ASGD had begun averaging
-                from torch.optim.swa_utils import AveragedModel
-                self.ema = AveragedModel(self.lm.net)
+                self.ema = _averaged(self.lm.net)
             self.ema.load_state_dict(state["ema"])
         _set_rng_state(state["rng"])
         saved_world = state.get("world_size", 1)
@@ -236,6 +246,9 @@ class Trainer:
         if cfg.schedule == "cosine":
             p = self.progress_fraction()
             lr *= cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * p))
+        elif cfg.schedule == "wsd":   # warm-up, stable, decay (Hu et al. 2024; Hägele et al. 2024)
+            left = (1 - self.progress_fraction()) / cfg.decay_fraction    # > 1 before the decay starts
+            lr *= cfg.lr_floor + (1 - cfg.lr_floor) * min(1.0, left)
         return lr
 
     # -- the loop --------------------------------------------------------------------------------
@@ -325,8 +338,7 @@ class Trainer:
         n = self.cfg.nt_asgd
         if n and self.ema is None and len(self.valid_history) > n and loss > min(self.valid_history[:-n]):
             # NT-ASGD (Merity et al. 2017): validation stopped improving; average the weights from here on
-            from torch.optim.swa_utils import AveragedModel
-            self.ema, self.averaging_from = AveragedModel(self.lm.net), self.step
+            self.ema, self.averaging_from = _averaged(self.lm.net), self.step
             self.log(f"step {self.step}: validation is worse than the best before the last {n}; averaging the "
                      f"weights from here on (NT-ASGD)")
         self.valid_history.append(loss)
