@@ -31,7 +31,6 @@ def test_weights_round_trip_exactly(tmp_path, tie):
     assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
 
 
-
 @pytest.mark.parametrize("tie", [False, True])
 def test_weights_packed_into_one_buffer_as_cudnn_does_save_and_load(tmp_path, tie):
     """On a GPU cuDNN makes an LSTM's weights views of one flat buffer, which safetensors refuses to write
@@ -65,6 +64,7 @@ def test_weights_packed_into_one_buffer_as_cudnn_does_save_and_load(tmp_path, ti
     for (name, a), (_, b) in zip(net.state_dict().items(), other.state_dict().items()):
         assert torch.equal(a, b), name
     assert other.rnn.weight_hh_l0.untyped_storage().data_ptr() == other_flat.untyped_storage().data_ptr()
+
 
 def test_atomic_writes_leave_no_temporary_files(tmp_path):
     make_dir(tmp_path / "m")
