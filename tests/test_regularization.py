@@ -280,16 +280,16 @@ def test_reset_runaway_streams_zeroes_exactly_the_streams_past_the_limit():
 
 def test_state_limit_resets_carried_states_in_training_counts_them_and_resumes_exactly(tmp_path):
     options = dict(TINY, **QUIET, cell="lstm", log_every=1, schedule="constant", eval_every=6)
-    rnnlab.train(corpus(), tmp_path / "default", max_steps=6, state_limit=50.0, **options)  # healthy: none past 50
+    rnnlab.train(corpus(), tmp_path / "limit", max_steps=6, state_limit=50.0, **options)    # healthy: none past 50
     rnnlab.train(corpus(), tmp_path / "off", max_steps=6, **options)                # off unless asked for
     rnnlab.train(corpus(), tmp_path / "every", max_steps=6, state_limit=1e-9, **options)  # every state "ran away"
     resets = {name: [r["state_resets"] for r in metrics(tmp_path / name) if "state_resets" in r]
-              for name in ("default", "off", "every")}
-    assert resets["default"] == resets["off"] == [0] * 6
+              for name in ("limit", "off", "every")}
+    assert resets["limit"] == resets["off"] == [0] * 6
     assert resets["every"] == [TINY["batch_size"] * (step - 1) for step in range(1, 7)]  # all streams from step 2
-    default, off, every = (train_losses(tmp_path / name) for name in ("default", "off", "every"))
-    assert default == off                                   # the limit changes nothing until a state passes it
-    assert every[1] == default[1] and every[6] != default[6]   # the reset states are the ones trained on
+    limit, off, every = (train_losses(tmp_path / name) for name in ("limit", "off", "every"))
+    assert limit == off                                   # the limit changes nothing until a state passes it
+    assert every[1] == limit[1] and every[6] != limit[6]   # the reset states are the ones trained on
     rnnlab.train(corpus(), tmp_path / "part", max_steps=3, state_limit=1e-9, **options)
     rnnlab.train(corpus(), resume=tmp_path / "part", max_steps=6, progress=False, log=lambda m: None)
     assert train_losses(tmp_path / "part") == pytest.approx(every, abs=1e-6)
