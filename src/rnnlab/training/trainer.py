@@ -37,7 +37,7 @@ from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.metrics import perplexity, stream_sums
 from rnnlab.models import checkpoint
 from rnnlab.models.rnnlm import detach, reset_runaway_streams
-from rnnlab.training import distributed
+from rnnlab.training import distributed, schedule
 from rnnlab.training.config import TrainConfig
 from rnnlab.training.distributed import SINGLE, World
 from rnnlab.training.optim import make_optimizer
@@ -228,28 +228,9 @@ class Trainer:
 
     # -- learning rate ---------------------------------------------------------------------------
 
-    def progress_fraction(self) -> float:
-        fractions = [0.0]
-        if self.cfg.max_steps:
-            fractions.append(self.step / self.cfg.max_steps)
-        if self.cfg.epochs:
-            fractions.append(self.step / (self.cfg.epochs * self.steps_per_epoch))
-        if self.cfg.time_budget:
-            fractions.append(self.elapsed / (60 * self.cfg.time_budget))
-        return min(1.0, max(fractions))
-
     def current_lr(self) -> float:
-        cfg = self.cfg
-        lr = cfg.lr * self.lr_scale
-        if cfg.warmup and self.step < cfg.warmup:
-            lr *= (self.step + 1) / cfg.warmup
-        if cfg.schedule == "cosine":
-            p = self.progress_fraction()
-            lr *= cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * p))
-        elif cfg.schedule == "wsd":   # warm-up, stable, decay (Hu et al. 2024; Hägele et al. 2024)
-            left = (1 - self.progress_fraction()) / cfg.decay_fraction    # > 1 before the decay starts
-            lr *= cfg.lr_floor + (1 - cfg.lr_floor) * min(1.0, left)
-        return lr
+        progress = schedule.progress_fraction(self.cfg, self.step, self.steps_per_epoch, self.elapsed)
+        return schedule.learning_rate(self.cfg, self.step, progress, self.lr_scale)
 
     # -- the loop --------------------------------------------------------------------------------
 
