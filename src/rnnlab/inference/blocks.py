@@ -32,27 +32,25 @@ BLOCK = 16
 
 def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[torch.Tensor], table: torch.Tensor,
            w_in: list[torch.Tensor], b_in: list[torch.Tensor], w_hh: list[torch.Tensor], b_hh: list[torch.Tensor],
-           decoder_t: torch.Tensor, decoder_bias: torch.Tensor, temperature: torch.Tensor, unit_temperature: bool,
-           noise: torch.Tensor, forced: Optional[torch.Tensor]
-           ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+           decoder_t: torch.Tensor, decoder_bias: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
+           forced: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """K = len(noise) steps of `Stepper.step` for `cell` ("lstm", "gru", "rnn", "rnn-relu"): each draws a token
     a row from `logits` (B, V) by Gumbel-max with the step's noise (B, V) (`temperature`: a number, or a (B, 1)
-    column; `unit_temperature`: it is 1 everywhere, and the division is skipped), or takes `forced[step, row]`
-    where that is >= 0 (a prompt still being read), and feeds the tokens through the layers. The weights as the Stepper arranges them, transposed: the first layer's input product
+    column), or takes `forced[step, row]` where that is >= 0 (a prompt still being read), and feeds the tokens
+    through the layers. The weights as the Stepper arranges them, transposed: the first layer's input product
     is the row `table[token]`; above it, LSTM and RNN layers multiply [x, h] by `w_in[k]` = [W_ih W_hh]^T, GRU
     layers x by W_ih^T and h by `w_hh[k]` = W_hh^T apart. The state `hs` (and `cs`, an LSTM's cells; (B, H) a
     layer) is replaced, not changed in place. Returns the tokens (K, B), the logits after the last step, and
     the state."""
-    tokens: list[torch.Tensor] = []
+    tokens = torch.empty(noise.size(0), noise.size(1), dtype=torch.long)
     H = hs[0].size(1)
     hs, cs = list(hs), list(cs)
     for i in range(noise.size(0)):
-        scaled = logits if unit_temperature else logits / temperature               # x / 1 is x, to the bit
-        token = (scaled - noise[i].log()).argmax(-1)                                # gumbel_max
+        token = (logits / temperature - noise[i].log()).argmax(-1)                  # gumbel_max
         if forced is not None:
             token = torch.where(forced[i] >= 0, forced[i], token)
-        tokens.append(token)
-        x = table.index_select(0, token)
+        tokens[i] = token
+        x = table[token]
         for k in range(len(hs)):
             h = hs[k]
             if cell == "gru":
@@ -65,9 +63,9 @@ def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[tor
                 pre = (torch.addmm(x, h, w_hh[0]) if k == 0
                        else torch.addmm(b_in[k], torch.cat([x, h], 1), w_in[k]))
                 if cell == "lstm":                                                  # pre: (B, 4H), i f g o
-                    i_gate, f_gate, _, o_gate = pre.sigmoid().chunk(4, 1)           # one op for three slices
-                    c = torch.addcmul(f_gate * cs[k], i_gate, pre[:, 2 * H:3 * H].tanh())
-                    x = o_gate * c.tanh()
+                    s = pre.sigmoid()
+                    c = torch.addcmul(s[:, H:2 * H] * cs[k], s[:, :H], pre[:, 2 * H:3 * H].tanh())
+                    x = s[:, 3 * H:] * c.tanh()
                     cs[k] = c
                 elif cell == "rnn-relu":
                     x = pre.relu()
@@ -75,7 +73,7 @@ def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[tor
                     x = pre.tanh()
             hs[k] = x
         logits = torch.addmm(decoder_bias, x, decoder_t)
-    return torch.stack(tokens), logits, hs, cs
+    return tokens, logits, hs, cs
 
 
 @functools.cache
@@ -113,9 +111,8 @@ def block_stepper(stepper) -> Block | None:
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
         hs, cs = ([h for h, _ in state], [c for _, c in state]) if lstm else (list(state), [])
-        temperature = torch.as_tensor(temperature, dtype=torch.float32)
-        unit = bool((temperature == 1).all())
         tokens, logits, hs, cs = block(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
-                                       decoder_t, decoder_bias, temperature, unit, noise, forced)
+                                       decoder_t, decoder_bias, torch.as_tensor(temperature, dtype=torch.float32),
+                                       noise, forced)
         return tokens, logits, list(zip(hs, cs)) if lstm else hs
     return run
