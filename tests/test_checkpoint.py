@@ -31,6 +31,11 @@ def test_weights_round_trip_exactly(tmp_path, tie):
     assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
 
 
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_weights_packed_into_one_buffer_as_cudnn_does_save_and_load(tmp_path, tie):
     """On a GPU cuDNN makes an LSTM's weights views of one flat buffer, which safetensors refuses to write
@@ -54,15 +59,13 @@ def test_weights_packed_into_one_buffer_as_cudnn_does_save_and_load(tmp_path, ti
     checkpoint.save_checkpoint(path, net, {"step": 1}, {"model_type": "rnn", "model": net.config.to_dict()},
                                tok.to_dict())
     lm = load(path)
-    for (name, a), (_, b) in zip(net.state_dict().items(), lm.net.state_dict().items()):
-        assert torch.equal(a, b), name
+    assert_same_weights(net, lm.net)
     assert (lm.net.decoder.weight is lm.net.encoder.weight) == tie
     assert net.rnn.weight_hh_l0.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()  # left as it was
     torch.manual_seed(1)
     other, other_flat = packed(RNNLM(config))     # loading into a packed model (training reloads its best weights)
     checkpoint.load_weights(other, path)
-    for (name, a), (_, b) in zip(net.state_dict().items(), other.state_dict().items()):
-        assert torch.equal(a, b), name
+    assert_same_weights(net, other)
     assert other.rnn.weight_hh_l0.untyped_storage().data_ptr() == other_flat.untyped_storage().data_ptr()
 
 

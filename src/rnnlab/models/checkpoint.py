@@ -206,9 +206,14 @@ def packs_weights(model: torch.nn.Module) -> bool:
     return any(len(v) > 1 for v in views.values())
 
 
+def _unpacked(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, or, where its weights are packed (`packs_weights`), a copy on the CPU whose tensors
+    each have their own buffer (ties kept): what safetensors can write and read into."""
+    return copy.deepcopy(model).cpu() if packs_weights(model) else model
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
-    if packs_weights(model):   # a copy on the CPU: each tensor its own buffer, ties kept
-        model = copy.deepcopy(model).cpu()
+    model = _unpacked(model)
     try:
         atomic_write(path, lambda tmp: save_model(model, tmp))
     except SafetensorError as e:
@@ -319,7 +324,7 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         raise RnnlabError(f"{directory} has no {WEIGHTS}; the model directory is incomplete")
-    target = copy.deepcopy(model).cpu() if packs_weights(model) else model   # as save_weights
+    target = _unpacked(model)
     try:
         load_model(target, path, strict=True, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
