@@ -8,8 +8,9 @@ one invocation; the model is kept in --out/ROW for `rnnlab evaluate`.
     python benchmarks/ptb_ablation.py no-tying --out runs/ablation --steps 8301  # h1's steps, however long
 
 The table's recipe is `ptb-1h` as the run h1 trained it (RECIPE: AdamW with a cosine down to 2%, no weight
-average, the carried state never reset); the preset has since moved to what the table chose (a constant rate
-with an EMA of the weights, and --state-limit), so every row starts from RECIPE, not from today's preset.
+average, the carried state never reset, weight decay 0.01); the preset has since moved to what the table chose
+(a constant rate with an EMA of the weights, and --state-limit) and to a weight decay of 0.1, so every row starts
+from RECIPE, not from today's preset.
 
 Prints the machine and one Markdown row: the change, steps (epochs), tokens/s, valid and test perplexity
 (test read from the saved model by rnnlab.evaluate) and minutes. Run it on a quiet machine: the budget is
@@ -28,7 +29,7 @@ from word_recipes import cpu_name   # benchmarks/ is on sys.path when run as a s
 
 PTB = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptb"
 
-RECIPE = dict(schedule="cosine", lr_floor=0.02, ema=None, state_limit=None)
+RECIPE = dict(schedule="cosine", lr_floor=0.02, ema=None, state_limit=None, weight_decay=0.01)
 
 ROWS: dict[str, tuple[str, dict]] = {
     "full": ("`ptb-1h` as h1 ran it", {}),
