@@ -6,6 +6,8 @@ Model: a 2x256 char-level LSTM (65 symbols, random weights: speed does not depen
 - rnnlab, 1 stream: `LanguageModel.stream` (tokens/s as a user sees them, text pieces included).
 - rnnlab, 1 stream, steps from Python: the same with the scripted blocks off (`inference/blocks.py`), what
   each token cost before them.
+- rnnlab, 1 stream, bf16: the same with `precision="bf16"` (`rnnlab generate --precision bf16`): the products
+  on oneDNN's bf16 kernel with packed weights, half the bytes a token reads.
 - rnnlab, 32 streams: `sample_ids` with a batch of 32 prompts (tokens/s counts all 32 streams).
 - plain loop: call `nn.LSTM` on one token at a time, carrying the hidden state (the usual loop).
 - re-run prefix: feed the whole text so far at every step, no state carried (quadratic).
@@ -43,7 +45,9 @@ def run_mode(mode: str, tokens: int) -> float:
     lm = build()
     net = lm.net
     start = time.perf_counter()
-    if mode in ("rnnlab-1", "rnnlab-1-python"):
+    if mode in ("rnnlab-1", "rnnlab-1-python", "rnnlab-1-bf16"):
+        if mode == "rnnlab-1-bf16":
+            lm.precision = "bf16"
         if mode == "rnnlab-1-python":
             from rnnlab.inference import sampling
             sampling.block_stepper = lambda stepper: None
@@ -85,7 +89,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 2x256 char LSTM, {args.tokens} new tokens per stream")
     # the modes alternate over several rounds and each reports its median: one stream is bound by how fast
     # the weights stream from memory, which on a shared machine moves by tens of percent from minute to minute
-    runs = {mode: [] for mode in ("rnnlab-1", "rnnlab-1-python", "rnnlab-32", "plain-loop", "rerun-prefix")}
+    runs = {mode: [] for mode in ("rnnlab-1", "rnnlab-1-python", "rnnlab-1-bf16", "rnnlab-32", "plain-loop",
+                                  "rerun-prefix")}
     for _ in range(args.rounds):
         for mode in runs:
             tokens = args.tokens if mode != "rerun-prefix" else min(args.tokens, 1000)
@@ -101,6 +106,7 @@ def main() -> None:
               f"{results[mode]['max_rss_mb']:>12,.0f}")
     base = results["plain-loop"]["tokens_per_s"]
     print(f"ratio rnnlab 1 stream / plain loop:     {results['rnnlab-1']['tokens_per_s'] / base:.2f}x")
+    print(f"ratio rnnlab 1 stream bf16 / plain loop: {results['rnnlab-1-bf16']['tokens_per_s'] / base:.2f}x")
     print(f"ratio rnnlab 1 stream, blocks / Python steps: "
           f"{results['rnnlab-1']['tokens_per_s'] / results['rnnlab-1-python']['tokens_per_s']:.2f}x")
     print(f"ratio rnnlab 1 stream / re-run prefix:  {results['rnnlab-1']['tokens_per_s'] / results['rerun-prefix']['tokens_per_s']:.2f}x"

@@ -196,22 +196,27 @@ def test_batched_generation_steps_every_stream_like_the_module(cell):
     assert torch.equal(seq[:, 6:], new)
 
 
-@pytest.mark.parametrize("cell, streams, temperature, steps",
-                         [("lstm", 1, 1.0, 37), ("lstm", 3, 0.7, 16), ("lstm", 2, 1.3, 5), ("gru", 2, 0.8, 37),
-                          ("rnn", 1, 1.0, 20), ("rnn-relu", 2, 0.9, 20)])
-def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(cell, streams, temperature, steps, monkeypatch):
+@pytest.mark.parametrize("cell, streams, temperature, steps, precision",
+                         [("lstm", 1, 1.0, 37, "fp32"), ("lstm", 3, 0.7, 16, "fp32"), ("lstm", 2, 1.3, 5, "fp32"),
+                          ("gru", 2, 0.8, 37, "fp32"), ("rnn", 1, 1.0, 20, "fp32"), ("rnn-relu", 2, 0.9, 20, "fp32"),
+                          ("lstm", 2, 1.0, 37, "bf16"), ("gru", 2, 0.8, 20, "bf16")])
+def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(cell, streams, temperature, steps, precision,
+                                                                     monkeypatch):
     """blocks.py runs BLOCK steps a call in TorchScript: the same draws and the same arithmetic as the
-    Python step, so a seed gives the same tokens (across a block's end too: 37 = 16 + 16 + 5)."""
+    Python step, so a seed gives the same tokens (across a block's end too: 37 = 16 + 16 + 5), in fp32 and
+    with bf16 products on oneDNN's packed weights."""
     from rnnlab.inference import blocks, sampling
     torch.manual_seed(0)
     net = RNNLM(ModelConfig(vocab_size=30, cell=cell, hidden=16, embed_dim=8, layers=3)).eval()
-    assert blocks.block_stepper(sampling.Stepper(net)) is not None           # the path under test is taken
+    if precision == "bf16" and sampling.Stepper(net, precision).decoder.packed is None:
+        pytest.skip("this torch has no oneDNN packed bf16 product")
+    assert blocks.block_stepper(sampling.Stepper(net, precision)) is not None   # the path under test is taken
     prompt = torch.randint(30, (streams, 4))
 
     def sample() -> torch.Tensor:
         generator = torch.Generator().manual_seed(7)
         return torch.stack(list(sampling.sample_ids(net, prompt, steps, temperature=temperature,
-                                                     generator=generator)))   # (steps, streams)
+                                                     generator=generator, precision=precision)))  # (steps, streams)
     in_blocks = sample()
     monkeypatch.setattr(sampling, "block_stepper", lambda stepper: None)
     step_by_step = sample()
@@ -241,11 +246,15 @@ def test_a_scripted_block_takes_forced_tokens_where_given_and_samples_the_rest()
     assert all(torch.equal(a, b) for layer_a, layer_b in zip(block_state, state) for a, b in zip(layer_a, layer_b))
 
 
-@pytest.mark.parametrize("why", ["bf16", "one-hot input", "no table", "min cell", "no TorchScript"])
+@pytest.mark.parametrize("why", ["bf16 unpacked", "one-hot input", "no table", "min cell", "no TorchScript"])
 def test_models_the_scripted_block_does_not_cover_step_from_python(why, monkeypatch):
     from rnnlab.inference import blocks, sampling
     if why == "no table":  # a vocabulary too large for the first layer's lookup table
         monkeypatch.setattr(sampling.Stepper, "TABLE_LIMIT", 0)
+    if why == "bf16 unpacked":  # a torch without oneDNN's packed product: bf16 on the plain product, step by step
+        def missing(x, packed):
+            raise RuntimeError("no mkldnn._linear_pointwise")
+        monkeypatch.setattr(sampling._Product, "_packed_product", staticmethod(missing))
     if why == "no TorchScript":  # a torch whose torch.jit.script is gone or fails
         def gone(fn):
             raise RuntimeError("torch.jit.script was removed")
@@ -254,8 +263,10 @@ def test_models_the_scripted_block_does_not_cover_step_from_python(why, monkeypa
         monkeypatch.setattr(blocks, "_scripted_block", blocks._scripted_block.__wrapped__)
     net = RNNLM(ModelConfig(vocab_size=30, cell="minlstm" if why == "min cell" else "lstm", hidden=16, embed_dim=8,
                             layers=2, input="onehot" if why == "one-hot input" else "learned")).eval()
-    assert blocks.block_stepper(sampling.Stepper(net, "bf16" if why == "bf16" else "fp32")) is None
-    tokens = list(sampling.sample_ids(net, torch.tensor([[1, 2]]), 5, generator=torch.Generator().manual_seed(0)))
+    precision = "bf16" if why == "bf16 unpacked" else "fp32"
+    assert blocks.block_stepper(sampling.Stepper(net, precision)) is None
+    tokens = list(sampling.sample_ids(net, torch.tensor([[1, 2]]), 5, generator=torch.Generator().manual_seed(0),
+                                      precision=precision))
     assert len(tokens) == 5 and all(0 <= int(t) < 30 for t in tokens)
 
 

@@ -298,6 +298,38 @@ def test_state_limit_resets_carried_states_in_training_counts_them_and_resumes_e
         rnnlab.train(corpus(), tmp_path / "x", max_steps=1, state_limit=-1.0, **QUIET)
 
 
+def test_scaled_dropout_at_zero_is_the_plain_network_and_at_one_the_configured_rates():
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(40, hidden=32, embed_dim=16, layers=2, dropout=0.2, **AWD))
+    idx = torch.randint(0, 40, (4, 12))
+    net.eval()
+    plain, _, _ = net(idx)
+    net.train()
+    net.scale_dropout(0.0)            # every rate, weight-drop and the between-layer ones included, at 0
+    off, _, _ = net(idx)
+    assert torch.allclose(off, plain, atol=1e-6)
+    net.scale_dropout(0.5)
+    assert (net.rnn.dropout, net.rnn.dropout_hidden, net.rnn.weight_drop) == pytest.approx((0.1, 0.1, 0.2))
+    net.scale_dropout(1.0)
+    on, _, _ = net(idx)
+    assert not torch.allclose(on, plain, atol=1e-3)
+    assert (net.rnn.dropout, net.rnn.dropout_hidden, net.rnn.weight_drop) == pytest.approx((0.2, 0.2, 0.4))
+
+
+def test_curriculum_dropout_rises_with_the_run_and_starts_where_no_dropout_would(tmp_path):
+    options = dict(TINY, **QUIET, layers=2, log_every=1, schedule="constant", max_steps=10, seed=5)
+    rnnlab.train(corpus(), tmp_path / "rise", dropout_from=0.0, **AWD, **options)
+    rnnlab.train(corpus(), tmp_path / "fixed", **AWD, **options)
+    rnnlab.train(corpus(), tmp_path / "none", **options)
+    scales = [r["dropout_scale"] for r in metrics(tmp_path / "rise") if "train_loss" in r]
+    assert scales == pytest.approx([step / 10 for step in range(10)])   # the progress before each step
+    assert {r["dropout_scale"] for r in metrics(tmp_path / "fixed") if "train_loss" in r} == {1.0}
+    rise, fixed, none = (train_losses(tmp_path / name) for name in ("rise", "fixed", "none"))
+    assert rise[1] == pytest.approx(none[1], abs=1e-6)    # step 1 at factor 0: no dropout at all
+    assert rise[1] != pytest.approx(fixed[1], abs=1e-4)   # where the full rates' masks change the loss
+    assert rise[10] != pytest.approx(none[10], abs=1e-4)  # and later steps drop again
+
+
 def test_the_average_and_the_state_limit_can_be_turned_off_over_a_preset():
     # benchmarks/ptb_ablation.py's rows and the README's older ptb-1h runs need the preset without them
     from rnnlab.cli import build_parser

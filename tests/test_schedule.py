@@ -1,11 +1,13 @@
-"""The learning-rate schedule as pure functions: the end-to-end schedule tests are in test_train.py."""
+"""The learning-rate and dropout schedules as pure functions: the end-to-end tests are in test_train.py and
+test_regularization.py."""
 
 import math
 
 import pytest
 
 from rnnlab.training.config import TrainConfig
-from rnnlab.training.schedule import learning_rate, progress_fraction
+from rnnlab.errors import RnnlabError
+from rnnlab.training.schedule import dropout_factor, learning_rate, progress_fraction
 
 
 def test_progress_is_the_furthest_along_of_steps_epochs_and_time():
@@ -38,3 +40,12 @@ def test_wsd_holds_the_rate_then_falls_in_a_straight_line_to_the_floor():
     assert learning_rate(cfg, 0, 1.0) == pytest.approx(0.0, abs=1e-12)
     assert math.isclose(learning_rate(cfg, 0, 0.85) - learning_rate(cfg, 0, 0.9),
                         learning_rate(cfg, 0, 0.9) - learning_rate(cfg, 0, 0.95))
+
+
+def test_curriculum_dropout_rises_in_a_straight_line_from_its_start_to_the_full_rates():
+    cfg = TrainConfig(dropout_from=0.6)
+    assert [dropout_factor(cfg, p) for p in (0.0, 0.25, 0.5, 1.0)] == pytest.approx([0.6, 0.7, 0.8, 1.0])
+    assert dropout_factor(TrainConfig(), 0.3) == 1.0                                 # off unless asked for
+    for bad in (-0.1, 1.5):
+        with pytest.raises(RnnlabError, match="--dropout-from"):
+            TrainConfig(dropout_from=bad)

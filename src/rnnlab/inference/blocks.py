@@ -30,18 +30,27 @@ import torch
 BLOCK = 16
 
 
+def _product(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """`add + x @ W` as the stepper's `_Product` computes it: in fp32 torch's addmm with W^T; in bf16 oneDNN's
+    product with the weight packed into its layout, x rounded to bfloat16 and the sum in float32."""
+    if bf16:
+        return torch.add(add, torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), weight, None, "none", [], ""))
+    return torch.addmm(add, x, weight)
+
+
 def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[torch.Tensor], table: torch.Tensor,
            w_in: list[torch.Tensor], b_in: list[torch.Tensor], w_hh: list[torch.Tensor], b_hh: list[torch.Tensor],
            decoder_t: torch.Tensor, decoder_bias: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
-           forced: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+           forced: Optional[torch.Tensor], bf16: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
+                                                                list[torch.Tensor]]:
     """K = len(noise) steps of `Stepper.step` for `cell` ("lstm", "gru", "rnn", "rnn-relu"): each draws a token
     a row from `logits` (B, V) by Gumbel-max with the step's noise (B, V) (`temperature`: a number, or a (B, 1)
     column), or takes `forced[step, row]` where that is >= 0 (a prompt still being read), and feeds the tokens
     through the layers. The weights as the Stepper arranges them, transposed: the first layer's input product
     is the row `table[token]`; above it, LSTM and RNN layers multiply [x, h] by `w_in[k]` = [W_ih W_hh]^T, GRU
-    layers x by W_ih^T and h by `w_hh[k]` = W_hh^T apart. The state `hs` (and `cs`, an LSTM's cells; (B, H) a
-    layer) is replaced, not changed in place. Returns the tokens (K, B), the logits after the last step, and
-    the state."""
+    layers x by W_ih^T and h by `w_hh[k]` = W_hh^T apart (with `bf16`, the weights as oneDNN packed them instead,
+    `_product`). The state `hs` (and `cs`, an LSTM's cells; (B, H) a layer) is replaced, not changed in place.
+    Returns the tokens (K, B), the logits after the last step, and the state."""
     tokens = torch.empty(noise.size(0), noise.size(1), dtype=torch.long)
     H = hs[0].size(1)
     hs, cs = list(hs), list(cs)
@@ -54,14 +63,14 @@ def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[tor
         for k in range(len(hs)):
             h = hs[k]
             if cell == "gru":
-                gi = x if k == 0 else torch.addmm(b_in[k], x, w_in[k])              # (B, 3H): r z n
-                gh = torch.addmm(b_hh[k], h, w_hh[k])
+                gi = x if k == 0 else _product(x, w_in[k], b_in[k], bf16)           # (B, 3H): r z n
+                gh = _product(h, w_hh[k], b_hh[k], bf16)
                 rz = (gi[:, :2 * H] + gh[:, :2 * H]).sigmoid()
                 n = torch.addcmul(gi[:, 2 * H:], rz[:, :H], gh[:, 2 * H:]).tanh()
                 x = torch.addcmul(n, rz[:, H:], h - n)                              # (1 - z) n + z h
             else:
-                pre = (torch.addmm(x, h, w_hh[0]) if k == 0
-                       else torch.addmm(b_in[k], torch.cat([x, h], 1), w_in[k]))
+                pre = (_product(h, w_hh[0], x, bf16) if k == 0
+                       else _product(torch.cat([x, h], 1), w_in[k], b_in[k], bf16))
                 if cell == "lstm":                                                  # pre: (B, 4H), i f g o
                     s = pre.sigmoid()
                     c = torch.addcmul(s[:, H:2 * H] * cs[k], s[:, :H], pre[:, 2 * H:3 * H].tanh())
@@ -72,7 +81,7 @@ def _block(cell: str, logits: torch.Tensor, hs: list[torch.Tensor], cs: list[tor
                 else:
                     x = pre.tanh()
             hs[k] = x
-        logits = torch.addmm(decoder_bias, x, decoder_t)
+        logits = _product(x, decoder_t, decoder_bias, bf16)
     return tokens, logits, hs, cs
 
 
@@ -94,25 +103,29 @@ def block_stepper(stepper) -> Block | None:
     """`run(logits, state, noise, temperature, forced=None) -> tokens (K, B), logits, state` for the stepper's
     model (its state as `Stepper.step` keeps it, its arranged weights), or None where the block path does not
     apply: a model the stepper does not cover or whose embedding it does not fold into a table, bf16
-    products, not on the CPU, no TorchScript."""
-    if not (stepper.fast and stepper.table is not None and stepper.precision == "fp32"
-            and stepper.table.device.type == "cpu"):
+    products without oneDNN's packed weights, not on the CPU, no TorchScript."""
+    if not (stepper.fast and stepper.table is not None and stepper.table.device.type == "cpu"):
+        return None
+    bf16 = stepper.precision == "bf16"
+    products = [product for product, _, product_hh, _ in stepper.layers for product in (product, product_hh)]
+    if bf16 and any(product.packed is None for product in [*products, stepper.decoder]):
         return None
     block = _scripted_block()
     if block is None:
         return None
+    weight = (lambda product: product.packed) if bf16 else (lambda product: product.weight_t)
     cell, lstm = stepper.cell, stepper.cell == "lstm"
-    w_in = [product.weight_t for product, *_ in stepper.layers]       # the first layer's: folded into the table
+    w_in = [weight(product) for product, *_ in stepper.layers]       # the first layer's: folded into the table
     b_in = [bias for _, bias, *_ in stepper.layers]
-    w_hh = [product_hh.weight_t for _, _, product_hh, _ in stepper.layers]
+    w_hh = [weight(product_hh) for _, _, product_hh, _ in stepper.layers]
     b_hh = [bias_hh for *_, bias_hh in stepper.layers]
-    decoder_t, decoder_bias = stepper.decoder.weight_t, stepper.net.decoder.bias.detach()
+    decoder_t, decoder_bias = weight(stepper.decoder), stepper.net.decoder.bias.detach()
 
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
         hs, cs = ([h for h, _ in state], [c for _, c in state]) if lstm else (list(state), [])
         tokens, logits, hs, cs = block(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
                                        decoder_t, decoder_bias, torch.as_tensor(temperature, dtype=torch.float32),
-                                       noise, forced)
+                                       noise, forced, bf16)
         return tokens, logits, list(zip(hs, cs)) if lstm else hs
     return run

@@ -62,6 +62,7 @@ class RNNLM(nn.Module):
             if hasattr(self.rnn, "regularize"):
                 self.rnn.regularize(dropout_hidden=config.dropout_hidden, weight_drop=config.weight_drop)
         self.activation_penalty = None  # AR + TAR of the last training forward (models/regularization.py)
+        self.dropout_scale = 1.0        # the fraction of every dropout rate in use (--dropout-from; scale_dropout)
         self.decoder = nn.Linear(H, V)
         if config.softmax == "adaptive":
             # the vocabulary is sorted by frequency (tokenize.py), as the adaptive softmax needs
@@ -94,17 +95,25 @@ class RNNLM(nn.Module):
             for p in self.rnn.parameters():
                 nn.init.uniform_(p, -r, r)
 
+    def scale_dropout(self, factor: float) -> None:
+        """Every dropout rate (the plain, locked, embedding and weight-drop ones) at `factor` times its configured
+        value from the next forward on: the trainer's curriculum dropout (training/schedule.py)."""
+        c, self.dropout_scale = self.config, factor
+        self.rnn.dropout = (c.dropout if c.layers > 1 else 0.0) * factor
+        if hasattr(self.rnn, "regularize"):
+            self.rnn.dropout_hidden, self.rnn.weight_drop = c.dropout_hidden * factor, c.weight_drop * factor
+
     def forward(self, idx: torch.Tensor, hidden=None, targets: torch.Tensor | None = None):
         """idx (B, T) -> logits (B, T, V), loss (mean cross-entropy if targets are given), hidden. In
         training with --ar/--tar, `activation_penalty` then holds the penalty to add before backward.
 
         With the adaptive softmax the loss never needs all V logits, so with targets the logits
         are None; without targets they are log-probabilities (valid logits for sampling)."""
-        c = self.config
-        x = embedding_dropout(self.encoder, idx, c.dropout_embed, self.training)   # (B, T, E)
+        c, scale = self.config, self.dropout_scale
+        x = embedding_dropout(self.encoder, idx, c.dropout_embed * scale, self.training)   # (B, T, E)
         if c.input != "onehot":
-            x = dropout(x, c.dropout, self.training)
-        x = locked_dropout(x, c.dropout_input, self.training)
+            x = dropout(x, c.dropout * scale, self.training)
+        x = locked_dropout(x, c.dropout_input * scale, self.training)
         if isinstance(self.rnn, nn.LSTM) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
                 and not cpu_lstm_runs_in_bf16():
             with torch.autocast("cpu", enabled=False):    # no bf16 LSTM kernel on this CPU: this layer in fp32
@@ -112,7 +121,7 @@ class RNNLM(nn.Module):
         else:
             out, hidden = self.rnn(x, hidden)       # (B, T, H); hidden: (layers, B, H) or a pair for LSTM
         raw = out
-        out = locked_dropout(dropout(out, c.dropout, self.training), c.dropout_output, self.training)
+        out = locked_dropout(dropout(out, c.dropout * scale, self.training), c.dropout_output * scale, self.training)
         # AR/TAR: added to the loss by the trainer, not to `loss` (which stays the cross-entropy it reports)
         self.activation_penalty = (activation_penalty(raw, out, c.ar, c.tar)
                                    if self.training and targets is not None else None)

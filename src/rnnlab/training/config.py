@@ -59,6 +59,9 @@ class TrainConfig:
     nt_asgd: int | None = option(None, "NT-ASGD's trigger (AWD-LSTM: 5): once a validation is worse than the best "
                                  "of all but the last N, average the weights uniformly from then on; validation, "
                                  "the saved model and generation use the average", metavar="N")
+    dropout_from: float = option(1.0, "curriculum dropout: every dropout rate starts at this fraction of its value "
+                                 "and rises in a straight line to its full value as the run ends (after Morerio "
+                                 "et al. 2017); 1 = constant", metavar="X")
     state_limit: float | None = option(None, "LSTM: a stream whose carried cell state grows past this magnitude "
                                        "starts its next window from zero, as at an epoch's start: for a state "
                                        "stuck counting up (ptb-1h: 50); 'none' for off", metavar="X",
@@ -94,6 +97,8 @@ class TrainConfig:
         for name in ("warmup", "decay_start"):
             if getattr(self, name) < 0:
                 raise RnnlabError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout_from <= 1:
+            raise RnnlabError(f"--dropout-from is a fraction of the dropout rates in [0, 1], got {self.dropout_from}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise RnnlabError(f"--ema is a decay in (0, 1), e.g. 0.999; got {self.ema}")
         if self.nt_asgd is not None and self.ema is not None:

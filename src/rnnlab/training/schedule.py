@@ -1,4 +1,4 @@
-"""The learning-rate schedule: how far through its run the loop is, and the rate that follows from it.
+"""The schedules: how far through its run the loop is, and the learning rate and dropout that follow from it.
 
 Pure functions of the config and the loop's counters, so the rate at any step is the same after a
 resume as in an uninterrupted run (the counters are in `training_state`).
@@ -34,3 +34,10 @@ def learning_rate(cfg: TrainConfig, step: int, progress: float, scale: float = 1
         left = (1 - progress) / cfg.decay_fraction    # > 1 before the decay starts
         lr *= cfg.lr_floor + (1 - cfg.lr_floor) * min(1.0, left)
     return lr
+
+
+def dropout_factor(cfg: TrainConfig, progress: float) -> float:
+    """The fraction of its full value every dropout rate has now: --dropout-from at the start, rising in a straight
+    line to 1 at the end (curriculum dropout, after Morerio et al. 2017, whose rise is exponential and from 0):
+    little noise while the model is still learning fast, the full regularisation once it could overfit."""
+    return cfg.dropout_from + (1 - cfg.dropout_from) * progress

@@ -226,11 +226,13 @@ class Trainer:
                      f"streams are re-split over the processes and dropout is re-seeded; the run continues "
                      f"from step {self.step} but is not bit-identical to an uninterrupted one")
 
-    # -- learning rate ---------------------------------------------------------------------------
+    # -- schedules: learning rate and dropout ---------------------------------------------------
+
+    def fraction_done(self) -> float:
+        return schedule.progress_fraction(self.cfg, self.step, self.steps_per_epoch, self.elapsed)
 
     def current_lr(self) -> float:
-        progress = schedule.progress_fraction(self.cfg, self.step, self.steps_per_epoch, self.elapsed)
-        return schedule.learning_rate(self.cfg, self.step, progress, self.lr_scale)
+        return schedule.learning_rate(self.cfg, self.step, self.fraction_done(), self.lr_scale)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -250,6 +252,8 @@ class Trainer:
         lr = self.lr = self.current_lr() * (x.size(1) / self.cfg.bptt if self.cfg.variable_bptt else 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.cfg.dropout_from != 1:
+            self.lm.net.scale_dropout(schedule.dropout_factor(self.cfg, self.fraction_done()))
         self.hidden = detach(self.hidden)  # truncated BPTT: gradients stop at the window boundary
         if self.cfg.state_limit is not None:
             self.hidden, reset = reset_runaway_streams(self.hidden, self.cfg.state_limit)
@@ -420,6 +424,7 @@ class Trainer:
                                             "train_ppl": perplexity(mean), "lr": self.lr,
                                             "grad_norm": grad_norm, "layer_grad_norms": self.layer_norms,
                                             "tokens_per_s": tok_s, "state_resets": self.state_resets,
+                                            "dropout_scale": self.lm.net.dropout_scale,
                                             "elapsed": round(self.elapsed, 2)})
                         window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, now
                     if self.step % 10 == 0:
