@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # locked dropout; bf16 (the tied full softmax is most of the cost); large batches and a high lr for the few
     # hundred steps there are. `rnnlab train FILE --level word` without --preset starts from it.
     "word-5min": dict(level="word", cell="lstm", layers=2, hidden=256, embed_dim=256, tie_weights=True,
-                      dropout_embed=0.1, dropout_input=0.3, dropout_hidden=0.2, dropout_output=0.3,
+                      dropout_embed=0.1, dropout_input=0.5, dropout_hidden=0.3, dropout_output=0.5,
                       batch_size=64, bptt=48, optimizer="adamw", lr=1e-2, warmup=50, schedule="cosine",
                       precision="bf16", eval_every=100, time_budget=5.0),
     # Tiny Shakespeare, char level, on 2 CPU cores (benchmarks/RESULTS.md): bf16 autocast runs a 2x384 LSTM as
