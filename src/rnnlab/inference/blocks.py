@@ -107,8 +107,9 @@ def block_stepper(stepper) -> Block | None:
     if not (stepper.fast and stepper.table is not None and stepper.table.device.type == "cpu"):
         return None
     bf16 = stepper.precision == "bf16"
-    products = [product for product, _, product_hh, _ in stepper.layers for product in (product, product_hh)]
-    if bf16 and any(product.packed is None for product in [*products, stepper.decoder]):
+    # a stepper layer is (product, bias, product_hh, b_hh)
+    products = [layer[i] for layer in stepper.layers for i in (0, 2)] + [stepper.decoder]
+    if bf16 and any(product.packed is None for product in products):
         return None
     block = _scripted_block()
     if block is None:

@@ -27,8 +27,9 @@ PRESETS: dict[str, dict] = {
     # A book at word level in 5 minutes on 2 CPU cores (issue 15; benchmarks/RESULTS.md): a book of ~250k words
     # overfits within minutes, so the softmax is tied to the embedding (half the parameters of an untied adaptive
     # one, and the better of the two by half: 122 against 240 on Tiny Shakespeare), with embedding dropout and
-    # locked dropout; bf16 (the tied full softmax is most of the cost); large batches and a high lr for the few
-    # hundred steps there are. `rnnlab train FILE --level word` without --preset starts from it.
+    # locked dropout (0.5/0.3/0.5: today's faster step fits ~1,600 steps in the 5 minutes, and 0.3/0.2/0.3 overfit
+    # in them, 105 against 99 on pydocs); bf16 (the tied full softmax is most of the cost); large batches and a high
+    # lr for the steps there are. `rnnlab train FILE --level word` without --preset starts from it.
     "word-5min": dict(level="word", cell="lstm", layers=2, hidden=256, embed_dim=256, tie_weights=True,
                       dropout_embed=0.1, dropout_input=0.5, dropout_hidden=0.3, dropout_output=0.5,
                       batch_size=64, bptt=48, optimizer="adamw", lr=1e-2, warmup=50, schedule="cosine",
