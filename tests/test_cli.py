@@ -50,6 +50,23 @@ def test_generate_precision_bf16_writes_what_the_library_writes_in_bf16(tiny_mod
     assert wrong.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in wrong.stderr
 
 
+def test_generate_compile_sets_the_compiled_sampler_and_refuses_bf16(tiny_model, monkeypatch):
+    """--compile hands the model to the compiled sampler (blocks.py; its text: test_generate) with the same seed
+    and options; the sampler is stubbed here, the compile itself costs seconds."""
+    from rnnlab.inference import lm as lm_module
+    seen = []
+
+    def sample_ids(net, prompt, steps, *, compiled=False, **options):
+        seen.append(compiled)
+        yield from (torch.tensor([1]) for _ in range(steps))
+    monkeypatch.setattr(lm_module, "sample_ids", sample_ids)
+    assert cli("generate", tiny_model, "--length", "5", "--compile").returncode == 0
+    assert cli("generate", tiny_model, "--length", "5").returncode == 0
+    assert seen == [True, False]
+    refused(cli("generate", tiny_model, "--compile", "--precision", "bf16"),
+            "--compile runs fp32 steps; drop --precision bf16 or --compile")
+
+
 def test_generate_out_is_not_created_when_generation_fails(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     refused(cli("generate", tmp_path / "not-a-model", "--out", tmp_path / "o.txt"), "not a model directory")

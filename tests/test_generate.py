@@ -218,7 +218,7 @@ def test_sampling_in_scripted_blocks_gives_the_tokens_of_step_by_step(cell, stre
         return torch.stack(list(sampling.sample_ids(net, prompt, steps, temperature=temperature,
                                                      generator=generator, precision=precision)))  # (steps, streams)
     in_blocks = sample()
-    monkeypatch.setattr(sampling, "block_stepper", lambda stepper: None)
+    monkeypatch.setattr(sampling, "block_stepper", lambda stepper, compiled=False: None)
     step_by_step = sample()
     assert in_blocks.shape == (steps, streams) and torch.equal(in_blocks, step_by_step)
     assert len(set(in_blocks[:, 0].tolist())) > 3                              # sampled, not stuck on one token
@@ -244,6 +244,53 @@ def test_a_scripted_block_takes_forced_tokens_where_given_and_samples_the_rest()
     assert tokens[:3, 1].tolist() == [5, 0, 2]
     assert torch.equal(block_logits, logits)
     assert all(torch.equal(a, b) for layer_a, layer_b in zip(block_state, state) for a, b in zip(layer_a, layer_b))
+
+
+def test_compiled_blocks_sample_what_the_scripted_blocks_sample(monkeypatch, tmp_path):
+    """`compiled=True` (rnnlab generate --compile) runs blocks of COMPILED_BLOCK steps through torch.compile: on the
+    same noise, the same tokens and (to float rounding: inductor fuses the gates) the same logits and state as the
+    scripted block; through `sample_ids`, the same text for a seed, the last short block scripted. The compile
+    really runs (inductor, in a cache of this test's own): dynamo counts the graph it compiled."""
+    from torch._dynamo.utils import counters
+    from rnnlab.inference import blocks, sampling
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(blocks, "COMPILED_BLOCK", 4)           # a small graph: a shorter compile
+    monkeypatch.setattr(sampling, "COMPILED_BLOCK", 4)
+    torch.manual_seed(0)
+    net = RNNLM(ModelConfig(vocab_size=11, cell="lstm", hidden=8, embed_dim=8, layers=2)).eval()
+    stepper = sampling.Stepper(net)
+    noise = torch.empty(4, 1, 11).exponential_(generator=torch.Generator().manual_seed(3))
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("error", RnnlabWarning)            # a failed compile would warn and fall back
+        logits, state = torch.randn(1, 11), stepper.zero_state(1)
+        fast = blocks.block_stepper(stepper, compiled=True)(logits, state, noise, 0.9)
+        scripted = blocks.block_stepper(stepper)(logits, state, noise, 0.9)
+        assert counters["stats"]["unique_graphs"] > compiled_graphs
+        assert torch.equal(fast[0], scripted[0]) and len(set(fast[0].flatten().tolist())) > 1
+        torch.testing.assert_close(fast[1], scripted[1], rtol=1e-5, atol=1e-5)
+        for fast_layer, scripted_layer in zip(fast[2], scripted[2]):
+            torch.testing.assert_close(fast_layer, scripted_layer, rtol=1e-5, atol=1e-5)
+
+        def sample(compiled: bool) -> list[int]:
+            return [int(t) for t in sampling.sample_ids(net, torch.tensor([[1, 2]]), 10, compiled=compiled,
+                                                        generator=torch.Generator().manual_seed(5))]
+        assert sample(True) == sample(False)                    # 4 + 4 compiled, 2 scripted
+
+
+def test_a_failed_compile_warns_and_samples_the_scripted_way(monkeypatch):
+    from rnnlab.inference import blocks
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore")
+        return fail
+    monkeypatch.setattr(blocks, "_compiled_block", no_compiler)
+    lm = char_lm()
+    expected = lm.generate("ab", length=70, seed=4)
+    lm.compiled = True
+    with pytest.warns(RnnlabWarning, match=r"torch.compile failed .*No working C\+\+ compiler found\); sampling") as caught:
+        assert lm.generate("ab", length=70, seed=4) == expected   # 70 = 32 + 32 + 6: the first call fails
+    assert len(caught) == 1                                         # and the next does not try again
 
 
 @pytest.mark.parametrize("why", ["bf16 unpacked", "one-hot input", "no table", "min cell", "no TorchScript"])

@@ -194,6 +194,9 @@ def generate_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="the steps' matrix products: bf16 is faster on a CPU with AMX, and gives slightly different "
                         "text for a seed (default: fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="plain sampling (temperature only) through torch.compile: ~1.5x faster for long texts, after "
+                        "a compile of ~15 s the first time (cached after); needs a C++ compiler; fp32 only")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=generate_command)
 
@@ -219,9 +222,15 @@ def generate_command(args: argparse.Namespace) -> int:
                     if on]
         if sampling:
             raise RnnlabError(f"--beam searches for the likeliest text; it does not combine with {', '.join(sampling)}")
+    if args.compile and args.precision != "fp32":
+        raise RnnlabError("--compile runs fp32 steps; drop --precision bf16 or --compile")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
         output_file(args.out, overwrite=args.overwrite)
     lm = load(args.model, device=args.device, precision=args.precision)
+    if args.compile:
+        if not hasattr(lm, "compiled"):
+            raise RnnlabError(f"--compile needs an RNN model; {args.model} is a {lm.model_type} baseline")
+        lm.compiled = True
     if args.interactive:
         return interactive(lm, args)
     if args.beam is not None:

@@ -10,24 +10,38 @@ same order, so a seed gives the same text token for token (tested). The Gumbel n
 drawn at once; torch's CPU generator gives the same numbers for one (K, B, V) draw as for K draws of
 (B, V).
 
-TorchScript, not `torch.compile`: compiled, the one-token step was slower than eager on our CPUs
-(inductor's kernels for 1 x 1024 tensors; RESULTS.md), while the TorchScript interpreter runs torch's
-own eager kernels and only removes the Python between them. torch marks `torch.jit.script`
-deprecated; where it is missing or fails, `block_stepper` returns None and sampling steps from
-Python as before.
+TorchScript by default: it runs torch's own eager kernels and only removes the Python between them, and
+costs ~10 ms to make. torch marks `torch.jit.script` deprecated; where it is missing or fails,
+`block_stepper` returns None and sampling steps from Python as before.
+
+`compiled=True` (`rnnlab generate --compile`) runs whole blocks of COMPILED_BLOCK steps through
+`torch.compile` instead: inductor fuses each layer's gate arithmetic into one C++ loop and calls the
+products from generated C++ (`cpp_wrapper`), ~1.5x the TorchScript block for one stream of a 2x256 LSTM
+(RESULTS.md, run 18). It costs a compile (~15 s the first time, seconds once inductor's cache under
+rnnlab's cache folder holds it) and a C++ compiler; a failed compile warns and falls back to TorchScript.
+The fused kernels round differently in the last bits, so a seed's text may differ from the uncompiled
+sampler's where a draw falls between two tokens (it is still the same for the same seed, run to run).
+One compile serves one batch size, so the server's engine, whose batch changes every moment, does not
+use it. A compiled single step was slower than eager (RESULTS.md): a call's own cost, which a block of
+32 steps spreads thin.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from typing import Callable, Optional
 
 import torch
 
+from rnnlab.data.corpus import cache_dir
+from rnnlab.errors import RnnlabWarning
+
 # Steps a call: large enough that the call's own cost (the noise draw, the interpreter's entry) is
 # spread thin, small enough that a stream still hands out its text in slices of a millisecond or so
 BLOCK = 16
+COMPILED_BLOCK = 32  # a compiled call's steps: its unrolled graph (and compile time) grows with it
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor, bf16: bool) -> torch.Tensor:
@@ -96,14 +110,23 @@ def _scripted_block():
         return None
 
 
+@functools.cache
+def _compiled_block():
+    """`torch.compile` of `_block`, made once a process; it compiles at its first call for each new shape.
+    Inductor's files go to rnnlab's cache folder unless TORCHINDUCTOR_CACHE_DIR says otherwise."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    return torch.compile(_block, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+
+
 Block = Callable[..., tuple[torch.Tensor, torch.Tensor, list]]
 
 
-def block_stepper(stepper) -> Block | None:
+def block_stepper(stepper, compiled: bool = False) -> Block | None:
     """`run(logits, state, noise, temperature, forced=None) -> tokens (K, B), logits, state` for the stepper's
     model (its state as `Stepper.step` keeps it, its arranged weights), or None where the block path does not
     apply: a model the stepper does not cover or whose embedding it does not fold into a table, bf16
-    products without oneDNN's packed weights, not on the CPU, no TorchScript."""
+    products without oneDNN's packed weights, not on the CPU, no TorchScript. `compiled`: blocks of exactly
+    COMPILED_BLOCK plain steps in fp32 run compiled (the rest, e.g. a request's last block, scripted)."""
     if not (stepper.fast and stepper.table is not None and stepper.table.device.type == "cpu"):
         return None
     bf16 = stepper.precision == "bf16"
@@ -121,11 +144,22 @@ def block_stepper(stepper) -> Block | None:
     w_hh = [weight(product_hh) for _, _, product_hh, _ in stepper.layers]
     b_hh = [bias_hh for *_, bias_hh in stepper.layers]
     decoder_t, decoder_bias = weight(stepper.decoder), stepper.net.decoder.bias.detach()
+    fast = [_compiled_block()] if compiled and not bf16 else []  # emptied if the compile fails
+
+    def call(*args):
+        if fast and len(args[-3]) == COMPILED_BLOCK and args[-2] is None:
+            try:
+                return fast[0](*args)
+            except Exception as e:  # noqa: BLE001 — no C++ compiler, an inductor error: the scripted block
+                fast.clear()
+                warnings.warn(f"--compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              f"sampling without it", RnnlabWarning, stacklevel=4)
+        return block(*args)
 
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
         hs, cs = ([h for h, _ in state], [c for _, c in state]) if lstm else (list(state), [])
-        tokens, logits, hs, cs = block(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
+        tokens, logits, hs, cs = call(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
                                        decoder_t, decoder_bias, torch.as_tensor(temperature, dtype=torch.float32),
                                        noise, forced, bf16)
         return tokens, logits, list(zip(hs, cs)) if lstm else hs

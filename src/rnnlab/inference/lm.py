@@ -203,6 +203,7 @@ class LanguageModel(TextModel):
         # the matrix products of generation's one-token steps: "bf16" is several times faster on a CPU with AMX
         # (rnnlab generate/serve --precision; scores are computed in float32 either way)
         self.precision = "fp32"
+        self.compiled = False  # plain sampling in torch.compile'd blocks (rnnlab generate --compile; blocks.py)
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +223,8 @@ class LanguageModel(TextModel):
 
     def continue_ids(self, ids, steps, *, generator, **sampling):
         prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
-        for token in sample_ids(self.net, prompt, steps, generator=generator, precision=self.precision, **sampling):
+        for token in sample_ids(self.net, prompt, steps, generator=generator, precision=self.precision,
+                                compiled=self.compiled, **sampling):
             yield int(token[0])
 
     def stream_loss(self, ids, batch_size: int = 1):

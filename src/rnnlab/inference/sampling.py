@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.inference.blocks import BLOCK, block_stepper
+from rnnlab.inference.blocks import BLOCK, COMPILED_BLOCK, block_stepper
 from rnnlab.models.rnnlm import evaluating
 
 
@@ -330,8 +330,9 @@ class Stepper:
 def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                generator: torch.Generator | None = None, repetition: Repetition | None = None,
-               precision: str = "fp32") -> Iterator[torch.Tensor]:
-    """Yield `steps` new tokens, each (B,), continuing the prompt (B, T); `precision`: the Stepper's."""
+               precision: str = "fp32", compiled: bool = False) -> Iterator[torch.Tensor]:
+    """Yield `steps` new tokens, each (B,), continuing the prompt (B, T); `precision`: the Stepper's;
+    `compiled`: plain sampling in torch.compile'd blocks (`blocks.py`)."""
     check_sampling(temperature, top_k, top_p)
     with evaluating(net):                                                    # no dropout; the mode comes back after
         stepper = Stepper.of(net, precision)
@@ -345,9 +346,10 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
             logits, _, hidden = net(prompt)                                  # the prompt in one fused call
             logits, state = logits[:, -1], stepper.begin(hidden)             # (B, V)
         plain = gumbel_sampled(temperature, top_k, top_p, greedy) and not (repetition and repetition.active)
-        block = block_stepper(stepper) if plain else None
-        while block is not None and steps > 0:                               # BLOCK steps a call (blocks.py)
-            noise = torch.empty(min(BLOCK, steps), *logits.shape).exponential_(generator=generator)
+        block = block_stepper(stepper, compiled) if plain else None
+        size = COMPILED_BLOCK if compiled else BLOCK
+        while block is not None and steps > 0:                               # `size` steps a call (blocks.py)
+            noise = torch.empty(min(size, steps), *logits.shape).exponential_(generator=generator)
             tokens, logits, state = block(logits, state, noise, temperature)  # the same draws as step by step
             steps -= len(tokens)
             yield from tokens
