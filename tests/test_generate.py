@@ -250,10 +250,12 @@ def test_compiled_blocks_sample_what_the_scripted_blocks_sample(monkeypatch, tmp
     """`compiled=True` (rnnlab generate --compile) runs blocks of COMPILED_BLOCK steps through torch.compile: on the
     same noise, the same tokens and (to float rounding: inductor fuses the gates) the same logits and state as the
     scripted block; through `sample_ids`, the same text for a seed, the last short block scripted. The compile
-    really runs (inductor, in a cache of this test's own): dynamo counts the graph it compiled."""
+    really runs (dynamo counts the graph it compiled), and inductor's files go to rnnlab's cache folder."""
     from torch._dynamo.utils import counters
     from rnnlab.inference import blocks, sampling
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "-")          # so that monkeypatch puts back what was there
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setattr(blocks, "COMPILED_BLOCK", 4)           # a small graph: a shorter compile
     monkeypatch.setattr(sampling, "COMPILED_BLOCK", 4)
     torch.manual_seed(0)
@@ -276,6 +278,8 @@ def test_compiled_blocks_sample_what_the_scripted_blocks_sample(monkeypatch, tmp
             return [int(t) for t in sampling.sample_ids(net, torch.tensor([[1, 2]]), 10, compiled=compiled,
                                                         generator=torch.Generator().manual_seed(5))]
         assert sample(True) == sample(False)                    # 4 + 4 compiled, 2 scripted
+    assert any((tmp_path / "cache" / "inductor").rglob("*.cpp"))
+    assert {path.name for path in tmp_path.iterdir()} == {"cache"}
 
 
 def test_a_failed_compile_warns_and_samples_the_scripted_way(monkeypatch):
