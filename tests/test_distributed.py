@@ -44,14 +44,16 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
 
 def node(rank: int, port: int, *args, cwd, cache) -> subprocess.Popen:
     """One of two torchrun "nodes" of one process each, meeting at a c10d rendezvous on 127.0.0.1:port,
-    with its own working directory and token cache (as another machine would have)."""
+    with its own working directory and token cache (as another machine would have), and its own TMPDIR: torchrun
+    leaves a log folder (torchelastic_*) there, which would otherwise pile up in /tmp."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
                "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", "rnnlab-test", "--rdzv-conf", f"is_host={int(rank == 0)}", "-m", "rnnlab",
                *map(str, args)]
     cwd.mkdir(exist_ok=True)
-    return subprocess.Popen(command, cwd=cwd, env={**os.environ, "RNNLAB_CACHE": str(cache)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, "RNNLAB_CACHE": str(cache), "TMPDIR": str(cwd)}
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def run_ranks(args: list, cwds: list, caches: list) -> list[tuple[str, str]]:

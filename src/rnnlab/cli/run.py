@@ -196,7 +196,7 @@ def generate_parser(sub) -> None:
                         "text for a seed (default: fp32)")
     p.add_argument("--compile", action="store_true",
                    help="plain sampling (temperature only) through torch.compile: ~1.5x faster for long texts, after "
-                        "a compile of ~15 s the first time (cached after); needs a C++ compiler; fp32 only")
+                        "a compile of ~20 s the first time (seconds after: cached); needs a C++ compiler; CPU, fp32")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=generate_command)
 

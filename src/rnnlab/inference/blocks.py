@@ -17,7 +17,7 @@ costs ~10 ms to make. torch marks `torch.jit.script` deprecated; where it is mis
 `compiled=True` (`rnnlab generate --compile`) runs whole blocks of COMPILED_BLOCK steps through
 `torch.compile` instead: inductor fuses each layer's gate arithmetic into one C++ loop and calls the
 products from generated C++ (`cpp_wrapper`), ~1.5x the TorchScript block for one stream of a 2x256 LSTM
-(RESULTS.md, run 18). It costs a compile (~15 s the first time, seconds once inductor's cache under
+(RESULTS.md, run 18). It costs a compile (~20 s the first time, seconds once inductor's cache under
 rnnlab's cache folder holds it) and a C++ compiler; a failed compile warns and falls back to TorchScript.
 The fused kernels round differently in the last bits, so a seed's text may differ from the uncompiled
 sampler's where a draw falls between two tokens (it is still the same for the same seed, run to run).
