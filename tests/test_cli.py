@@ -50,7 +50,7 @@ def test_generate_precision_bf16_writes_what_the_library_writes_in_bf16(tiny_mod
     assert wrong.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in wrong.stderr
 
 
-def test_generate_compile_sets_the_compiled_sampler_and_refuses_bf16(tiny_model, monkeypatch):
+def test_generate_compile_sets_the_compiled_sampler_and_refuses_what_it_cannot_speed_up(tiny_model, monkeypatch):
     """--compile hands the model to the compiled sampler (blocks.py; its text: test_generate) with the same seed
     and options; the sampler is stubbed here, the compile itself costs seconds."""
     from rnnlab.inference import lm as lm_module
@@ -65,6 +65,8 @@ def test_generate_compile_sets_the_compiled_sampler_and_refuses_bf16(tiny_model,
     assert seen == [True, False]
     refused(cli("generate", tiny_model, "--compile", "--precision", "bf16"),
             "--compile runs fp32 steps; drop --precision bf16 or --compile")
+    refused(cli("generate", tiny_model, "--compile", "--top-k", "5", "-i"),
+            "--compile speeds up plain sampling .* would do nothing with -i, --top-k; drop one or the other")
 
 
 def test_generate_out_is_not_created_when_generation_fails(tmp_path):

@@ -222,8 +222,17 @@ def generate_command(args: argparse.Namespace) -> int:
                     if on]
         if sampling:
             raise RnnlabError(f"--beam searches for the likeliest text; it does not combine with {', '.join(sampling)}")
-    if args.compile and args.precision != "fp32":
-        raise RnnlabError("--compile runs fp32 steps; drop --precision bf16 or --compile")
+    if args.compile:
+        if args.precision != "fp32":
+            raise RnnlabError("--compile runs fp32 steps; drop --precision bf16 or --compile")
+        other = [flag for flag, on in (("-i", args.interactive), ("--beam", args.beam is not None),
+                                       ("--greedy", args.greedy), ("--top-k", args.top_k is not None),
+                                       ("--top-p", args.top_p is not None),
+                                       ("--repetition-penalty", args.repetition_penalty != 1.0),
+                                       ("--no-repeat-ngram", args.no_repeat_ngram > 0)) if on]
+        if other:
+            raise RnnlabError(f"--compile speeds up plain sampling (temperature only) and would do nothing with "
+                              f"{', '.join(other)}; drop one or the other")
     if args.out:  # checked before anything runs; the file itself is written only once the text exists
         output_file(args.out, overwrite=args.overwrite)
     lm = load(args.model, device=args.device, precision=args.precision)

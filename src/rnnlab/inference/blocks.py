@@ -16,7 +16,7 @@ costs ~10 ms to make. torch marks `torch.jit.script` deprecated; where it is mis
 
 `compiled=True` (`rnnlab generate --compile`) runs whole blocks of COMPILED_BLOCK steps through
 `torch.compile` instead: inductor fuses each layer's gate arithmetic into one C++ loop and calls the
-products from generated C++ (`cpp_wrapper`), ~1.5x the TorchScript block for one stream of a 2x256 LSTM
+products from generated C++ (`cpp_wrapper`), ~1.6x the TorchScript block for one stream of a 2x256 LSTM
 (RESULTS.md, run 18). It costs a compile (~20 s the first time, seconds once inductor's cache under
 rnnlab's cache folder holds it) and a C++ compiler; a failed compile warns and falls back to TorchScript.
 The fused kernels round differently in the last bits, so a seed's text may differ from the uncompiled
@@ -110,6 +110,9 @@ def _scripted_block():
         return None
 
 
+_COMPILE_FAILED: list[str] = []  # the failure, once a compile has failed: this process does not try again
+
+
 @functools.cache
 def _compiled_block():
     """`torch.compile` of `_block`, made once a process; it compiles at its first call for each new shape.
@@ -144,16 +147,16 @@ def block_stepper(stepper, compiled: bool = False) -> Block | None:
     w_hh = [weight(product_hh) for _, _, product_hh, _ in stepper.layers]
     b_hh = [bias_hh for *_, bias_hh in stepper.layers]
     decoder_t, decoder_bias = weight(stepper.decoder), stepper.net.decoder.bias.detach()
-    fast = [_compiled_block()] if compiled and not bf16 else []  # emptied if the compile fails
+    fast = compiled and not bf16
 
     def call(*args):
-        if fast and len(args[-3]) == COMPILED_BLOCK and args[-2] is None:
+        if fast and not _COMPILE_FAILED and len(args[-3]) == COMPILED_BLOCK and args[-2] is None:
             try:
-                return fast[0](*args)
+                return _compiled_block()(*args)
             except Exception as e:  # noqa: BLE001 — no C++ compiler, an inductor error: the scripted block
-                fast.clear()
-                warnings.warn(f"--compile: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                              f"sampling without it", RnnlabWarning, stacklevel=4)
+                _COMPILE_FAILED.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+                warnings.warn(f"--compile: torch.compile failed ({_COMPILE_FAILED[0]}); sampling without it",
+                              RnnlabWarning, stacklevel=4)
         return block(*args)
 
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
