@@ -302,6 +302,16 @@ def test_a_failed_compile_warns_and_samples_the_scripted_way(monkeypatch):
     assert len(caught) == 1                                         # and no later call tries again
 
 
+def test_compile_says_so_when_the_model_steps_from_python(monkeypatch):
+    from rnnlab.inference import sampling
+    monkeypatch.setattr(sampling.Stepper, "TABLE_LIMIT", 0)    # a vocabulary too large for the folded table
+    lm = char_lm()
+    expected = lm.generate("ab", length=40, seed=4)
+    lm.compiled = True
+    with pytest.warns(RnnlabWarning, match="--compile has no effect on this model: its steps run from Python"):
+        assert lm.generate("ab", length=40, seed=4) == expected
+
+
 @pytest.mark.parametrize("why", ["bf16 unpacked", "one-hot input", "no table", "min cell", "no TorchScript"])
 def test_models_the_scripted_block_does_not_cover_step_from_python(why, monkeypatch):
     from rnnlab.inference import blocks, sampling

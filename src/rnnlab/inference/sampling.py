@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import warnings
 import weakref
 from typing import Iterator
 
 import torch
 
-from rnnlab.errors import RnnlabError
+from rnnlab.errors import RnnlabError, RnnlabWarning
 from rnnlab.inference.blocks import BLOCK, COMPILED_BLOCK, block_stepper
 from rnnlab.models.rnnlm import evaluating
 
@@ -347,6 +348,10 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
             logits, state = logits[:, -1], stepper.begin(hidden)             # (B, V)
         plain = gumbel_sampled(temperature, top_k, top_p, greedy) and not (repetition and repetition.active)
         block = block_stepper(stepper, compiled) if plain else None
+        if compiled and plain and block is None:
+            warnings.warn("--compile has no effect on this model: its steps run from Python (compiled blocks cover "
+                          "RNN, LSTM and GRU cells with learned embeddings, on the CPU, whose vocabulary x gates fits "
+                          f"the first layer's lookup table, {Stepper.TABLE_LIMIT:,} entries)", RnnlabWarning, stacklevel=3)
         size = COMPILED_BLOCK if compiled else BLOCK
         while block is not None and steps > 0:                               # `size` steps a call (blocks.py)
             noise = torch.empty(min(size, steps), *logits.shape).exponential_(generator=generator)
