@@ -51,8 +51,10 @@ _DONE = object()
 # its clients write and read far fewer chunks (50 ms: 3,050 tok/s; 100 ms: 3,700; benchmarks/RESULTS.md)
 FLUSH_SECONDS = 0.1
 # When every stream samples plainly, the engine takes several steps in one call (inference/blocks.py: no Python
-# between the ops), as many as fit in this time: a request that arrives meanwhile waits at most that much longer
-BLOCK_SECONDS = 0.005
+# between the ops), as many as fit in this time: a request that arrives meanwhile waits at most that much longer.
+# 10 ms served 32 clients 1.1x faster than 5 ms; 20 ms (and up to 32 steps) no faster, with TTFT p50 doubled
+# (benchmarks/RESULTS.md, run 19)
+BLOCK_SECONDS = 0.010
 
 
 @dataclass(eq=False)
