@@ -296,7 +296,8 @@ def test_a_failed_compile_warns_and_samples_the_scripted_way(monkeypatch):
     lm = char_lm()
     expected = lm.generate("ab", length=70, seed=4)
     lm.compiled = True
-    with pytest.warns(RnnlabWarning, match=r"torch.compile failed .*No working C\+\+ compiler found\); sampling") as caught:
+    failed = r"torch.compile failed .*No working C\+\+ compiler found\); sampling"
+    with pytest.warns(RnnlabWarning, match=failed) as caught:
         assert lm.generate("ab", length=70, seed=4) == expected   # 70 = 32 + 32 + 6: the first call fails
         assert lm.generate("ab", length=70, seed=4) == expected
     assert len(caught) == 1                                         # and no later call tries again

@@ -195,8 +195,9 @@ def generate_parser(sub) -> None:
                    help="the steps' matrix products: bf16 is faster on a CPU with AMX, and gives slightly different "
                         "text for a seed (default: fp32)")
     p.add_argument("--compile", action="store_true",
-                   help="plain sampling (temperature only) through torch.compile: ~1.5x faster for long texts, after "
-                        "a compile of ~20 s the first time (seconds after: cached); needs a C++ compiler; CPU, fp32")
+                   help="plain sampling (temperature only) through torch.compile: up to ~1.6x faster for a small "
+                        "model's long texts, after a compile of ~20 s the first time (seconds after: cached); needs a "
+                        "C++ compiler; CPU, fp32")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=generate_command)
 

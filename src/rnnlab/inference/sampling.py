@@ -351,7 +351,8 @@ def sample_ids(net: torch.nn.Module, prompt: torch.Tensor, steps: int, *, temper
         if compiled and plain and block is None:
             warnings.warn("--compile has no effect on this model: its steps run from Python (compiled blocks cover "
                           "RNN, LSTM and GRU cells with learned embeddings, on the CPU, whose vocabulary x gates fits "
-                          f"the first layer's lookup table, {Stepper.TABLE_LIMIT:,} entries)", RnnlabWarning, stacklevel=3)
+                          f"the first layer's lookup table, {Stepper.TABLE_LIMIT:,} entries)", RnnlabWarning,
+                          stacklevel=3)
         size = COMPILED_BLOCK if compiled else BLOCK
         while block is not None and steps > 0:                               # `size` steps a call (blocks.py)
             noise = torch.empty(min(size, steps), *logits.shape).exponential_(generator=generator)
