@@ -121,6 +121,19 @@ def _compiled_block():
     return torch.compile(_block, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
 
 
+def _run_compiled(args: tuple):
+    """`_block(*args)` compiled, or None once a compile has failed (the first failure warns)."""
+    if _COMPILE_FAILED:
+        return None
+    try:
+        return _compiled_block()(*args)
+    except Exception as e:  # noqa: BLE001 — no C++ compiler, an inductor error: the caller runs the scripted block
+        _COMPILE_FAILED.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+        warnings.warn(f"--compile: torch.compile failed ({_COMPILE_FAILED[0]}); sampling without it", RnnlabWarning,
+                      stacklevel=4)
+        return None
+
+
 Block = Callable[..., tuple[torch.Tensor, torch.Tensor, list]]
 
 
@@ -147,23 +160,14 @@ def block_stepper(stepper, compiled: bool = False) -> Block | None:
     w_hh = [weight(product_hh) for _, _, product_hh, _ in stepper.layers]
     b_hh = [bias_hh for *_, bias_hh in stepper.layers]
     decoder_t, decoder_bias = weight(stepper.decoder), stepper.net.decoder.bias.detach()
-    fast = compiled and not bf16
-
-    def call(*args):
-        if fast and not _COMPILE_FAILED and len(args[-3]) == COMPILED_BLOCK and args[-2] is None:
-            try:
-                return _compiled_block()(*args)
-            except Exception as e:  # noqa: BLE001 — no C++ compiler, an inductor error: the scripted block
-                _COMPILE_FAILED.append(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
-                warnings.warn(f"--compile: torch.compile failed ({_COMPILE_FAILED[0]}); sampling without it",
-                              RnnlabWarning, stacklevel=4)
-        return block(*args)
+    compiled = compiled and not bf16
 
     def run(logits: torch.Tensor, state: list, noise: torch.Tensor, temperature: float | torch.Tensor,
             forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
         hs, cs = ([h for h, _ in state], [c for _, c in state]) if lstm else (list(state), [])
-        tokens, logits, hs, cs = call(cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh,
-                                       decoder_t, decoder_bias, torch.as_tensor(temperature, dtype=torch.float32),
-                                       noise, forced, bf16)
+        args = (cell, logits.float(), hs, cs, stepper.table, w_in, b_in, w_hh, b_hh, decoder_t, decoder_bias,
+                torch.as_tensor(temperature, dtype=torch.float32), noise, forced, bf16)
+        out = _run_compiled(args) if compiled and len(noise) == COMPILED_BLOCK and forced is None else None
+        tokens, logits, hs, cs = out if out is not None else block(*args)
         return tokens, logits, list(zip(hs, cs)) if lstm else hs
     return run
