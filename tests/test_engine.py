@@ -57,6 +57,29 @@ def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(tiny_model
     assert len({results[i] for i in range(18) if i % 3}) == 12          # the others are their own
 
 
+def test_the_engine_steps_on_its_own_threads_and_on_its_busy_count_past_the_busy_batch(lm, monkeypatch):
+    import torch
+
+    from rnnlab.inference import engine as engine_module
+    monkeypatch.setattr(engine_module, "BUSY_BATCH", 2)
+    before = torch.get_num_threads()
+    engine = Engine(lm, max_batch=8, threads=2, busy_threads=1)
+    try:
+        first = iter(engine.submit(lm.encode_prompt("ROMEO:"), length=50_000, seed=1))
+        next(first)
+        assert engine.threads_now == 2
+        others = [iter(engine.submit(lm.encode_prompt("ROMEO:"), length=50_000, seed=s)) for s in (2, 3)]
+        for stream in others:
+            next(stream)
+        next(first)
+        assert engine.threads_now == 1          # three streams: past the busy batch
+        assert torch.get_num_threads() == before  # the caller's thread keeps its own count
+    finally:
+        engine.close()
+    with pytest.raises(RnnlabError, match="--threads must be at least 1"):
+        Engine(lm, threads=0)
+
+
 def test_plain_streams_step_in_blocks_and_each_writes_what_it_writes_alone(lm, monkeypatch):
     """With every stream sampling plainly, the engine takes several steps a call (blocks.py): streams joining,
     reading their prompts and ending inside a block still write exactly what lm.generate writes."""

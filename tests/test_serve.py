@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx: pip ins
 import rnnlab  # noqa: E402
 from conftest import Forked  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
-from rnnlab.inference.launch import bind, running, use_threads  # noqa: E402
+from rnnlab.inference.launch import bind, engine_threads, running  # noqa: E402
 from rnnlab.inference.serve import Limits, create_app  # noqa: E402
 
 LIMITS = Limits(max_prompt_chars=100, max_tokens=100_000)
@@ -403,15 +403,12 @@ def test_port_out_of_range_is_a_one_line_error():
         bind("127.0.0.1", 70_000)
 
 
-def test_threads_sets_torchs_threads_for_the_process():
-    before = torch.get_num_threads()
-    try:
-        use_threads(1)
-        assert torch.get_num_threads() == 1
-        with pytest.raises(RnnlabError, match="--threads must be at least 1"):
-            use_threads(0)
-    finally:
-        torch.set_num_threads(before)
+def test_threads_default_to_the_cores_and_one_fewer_when_busy():
+    cores = torch.get_num_threads()
+    assert engine_threads(None) == (cores, max(1, cores - 1))
+    assert engine_threads(3) == (3, 3)  # a count the user gives is kept, busy or not
+    with pytest.raises(RnnlabError, match="--threads must be at least 1"):
+        engine_threads(0)
 
 
 def test_limits_below_one_token_are_refused():

@@ -55,6 +55,10 @@ FLUSH_SECONDS = 0.1
 # 10 ms served 32 clients 1.1x faster than 5 ms; 20 ms (and up to 32 steps) no faster, with TTFT p50 doubled
 # (benchmarks/RESULTS.md, run 19)
 BLOCK_SECONDS = 0.010
+# Past this many streams `busy_threads` step them: the server's HTTP work grows with its streams, and on 2 cores a
+# second torch thread then lost (32 clients: 0.83x the tokens/s of one thread) where it had won (16 clients: 1.15x;
+# 1 client: 1.5x; benchmarks/RESULTS.md, run 20)
+BUSY_BATCH = 16
 
 
 @dataclass(eq=False)
@@ -162,12 +166,26 @@ def new_stream(prompt: list[int], *, length: int, seed: int, temperature: float 
 
 
 class Engine:
-    def __init__(self, lm: LanguageModel, *, max_batch: int = 32):
+    """`threads`: torch's intra-op threads for the engine's steps, set on its own thread (default: the process's
+    count as it is); `busy_threads`: the count instead while more than BUSY_BATCH streams step (default: the
+    same). Threads are per thread in torch, and several help the engine only if no other thread of its process
+    runs torch ops on more than one: GNU OpenMP (torch's, on Linux) then counts more threads than cores, stops
+    spinning between parallel regions, and every product waits to wake its helper. One stream stepped on two
+    threads that way made 1,270 tokens/s, against 4,600 with the process's other threads on one, and 2,800 on
+    one thread (benchmarks/RESULTS.md, run 20). So a process that hosts the engine keeps its other threads to
+    one: `torch.set_num_threads(1)` before the model loads, as `rnnlab serve` does."""
+
+    def __init__(self, lm: LanguageModel, *, max_batch: int = 32, threads: int | None = None,
+                 busy_threads: int | None = None):
         if not isinstance(lm, LanguageModel):
             raise RnnlabError(f"the batched engine steps RNNs; a {lm.model_type} baseline is served one by one")
         if max_batch < 1:
             raise RnnlabError(f"--max-batch must be at least 1, got {max_batch}")
+        for count in (threads, busy_threads):
+            if count is not None and count < 1:
+                raise RnnlabError(f"--threads must be at least 1, got {count}")
         self.lm, self.max_batch = lm, max_batch
+        self.threads, self.busy_threads = threads, busy_threads or threads
         self.document = getattr(lm.tokenizer, "doc_id", None)  # past a document's end is another document
         self.waiting: collections.deque[Stream] = collections.deque()
         self.wake = threading.Condition()
@@ -175,6 +193,7 @@ class Engine:
         self.steps = 0                      # batched steps taken; largest batch seen (for tests and stats)
         self.largest_batch = 0
         self.step_seconds = 0.0             # the last step's time (a block's, divided by its steps)
+        self.threads_now: int | None = None  # the torch threads the last step ran on, where the engine set them
         self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
         self.worker.start()
 
@@ -234,6 +253,10 @@ class Engine:
                     batch.keep(keep)
                     if not batch.streams:
                         continue
+                    wanted = self.threads if len(batch.streams) <= BUSY_BATCH else self.busy_threads
+                    if wanted is not None and wanted != self.threads_now:
+                        torch.set_num_threads(wanted)  # this thread's (and new threads' default)
+                        self.threads_now = wanted
                     try:
                         started, steps = time.perf_counter(), self._block_length(block, batch.streams)
                         if steps > 1:

@@ -36,7 +36,7 @@ class ProcessEngine:
     """`Engine`'s interface (submit, close, steps), the engine itself in a child process."""
 
     def __init__(self, path: str | Path, *, max_batch: int = 32, precision: str = "fp32", device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, busy_threads: int | None = None):
         if max_batch < 1:
             raise RnnlabError(f"--max-batch must be at least 1, got {max_batch}")
         context = multiprocessing.get_context("spawn")
@@ -44,7 +44,8 @@ class ProcessEngine:
         self._results, results_out = context.Pipe(duplex=False)
         self.process = context.Process(target=_child, name="rnnlab-engine", daemon=True,
                                        args=(str(path), max_batch, precision, str(device),
-                                             threads or torch.get_num_threads(), requests_in, results_out))
+                                             threads or torch.get_num_threads(), busy_threads, requests_in,
+                                             results_out))
         self.process.start()
         requests_in.close()
         results_out.close()
@@ -175,15 +176,17 @@ class _ForwardingEngine(Engine):
             self.send(batch)
 
 
-def _child(path: str, max_batch: int, precision: str, device: str, threads: int, requests, results) -> None:
+def _child(path: str, max_batch: int, precision: str, device: str, threads: int, busy_threads: int | None, requests,
+           results) -> None:
     """The engine's process: load the model, then submit and cancel as the server asks, until it closes."""
     import signal
 
     from rnnlab.inference.loading import load
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal; the server closes this one
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # this thread's: the engine's thread alone steps on `threads` (Engine's docstring)
     try:
-        engine = _ForwardingEngine(load(path, device=device, precision=precision), results, max_batch=max_batch)
+        engine = _ForwardingEngine(load(path, device=device, precision=precision), results, max_batch=max_batch,
+                                   threads=threads, busy_threads=busy_threads)
     except Exception as e:  # noqa: BLE001 — reported to the server, which raises it in one line
         results.send(("error", str(e)))
         return

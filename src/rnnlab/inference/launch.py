@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from rnnlab.errors import RnnlabError, RnnlabWarning
+from rnnlab.inference.engine import Engine
 from rnnlab.inference.lm import LanguageModel
 from rnnlab.inference.loading import load
 from rnnlab.inference.serve import Limits, create_app
@@ -88,40 +89,57 @@ def app_from_env() -> FastAPI:
 
         RNNLAB_MODEL=runs/demo uvicorn --factory rnnlab.inference.launch:app_from_env --workers 2 --port 8000
 
-    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8), $RNNLAB_PRECISION its --precision."""
+    $RNNLAB_MAX_CONCURRENT sets each worker's --max-concurrent (default 8), $RNNLAB_PRECISION its --precision,
+    $RNNLAB_THREADS its engine's torch threads (default 1: the workers share the cores)."""
     model = os.environ.get("RNNLAB_MODEL")
     if not model:
         raise RnnlabError("set RNNLAB_MODEL to the model directory to serve")
     limits = Limits(max_concurrent=int(os.environ.get("RNNLAB_MAX_CONCURRENT", Limits.max_concurrent)))
+    threads, busy_threads = engine_threads(int(os.environ.get("RNNLAB_THREADS", 1)))
     warnings.simplefilter("ignore", RnnlabWarning)
-    return create_app(load(model, precision=os.environ.get("RNNLAB_PRECISION", "fp32")), limits)
+    torch.set_num_threads(1)  # this thread's; the engine's are its own (Engine's docstring)
+    lm = load(model, precision=os.environ.get("RNNLAB_PRECISION", "fp32"))
+    engine = None
+    if isinstance(lm, LanguageModel):
+        engine = Engine(lm, max_batch=limits.max_concurrent, threads=threads, busy_threads=busy_threads)
+    return create_app(lm, limits, engine)
 
 
-def use_threads(threads: int) -> None:
-    """torch's intra-op threads for this process (the engine's batched steps)."""
+def engine_threads(threads: int | None) -> tuple[int, int]:
+    """The engine's torch threads for `--threads` (None: the cores), and while more than `engine.BUSY_BATCH` streams
+    step: by default one fewer, left to the HTTP side, whose work grows with the streams (RESULTS.md, run 20)."""
+    if threads is None:
+        cores = torch.get_num_threads()  # the cores, or $OMP_NUM_THREADS
+        return cores, max(1, cores - 1)
     if threads < 1:
         raise RnnlabError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
+    return threads, threads
 
 
 def main_serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                max_prompt_chars: int = Limits.max_prompt_chars, max_tokens: int = Limits.max_tokens,
                max_concurrent: int = Limits.max_concurrent, device: str = "cpu", log_level: str = "info",
                threads: int | None = None, precision: str = "fp32", engine: str = "process") -> int:
-    """`rnnlab serve`: load the model, listen, serve until Ctrl-C; the exit status. `threads` (torch's, for the
-    engine) defaults to one fewer than the cores: that one is the event loop's (benchmarks/RESULTS.md, issue 16).
+    """`rnnlab serve`: load the model, listen, serve until Ctrl-C; the exit status. `threads`: torch's, for the
+    engine's steps (`engine_threads`); this process's own threads run on one (`Engine`'s docstring says why).
     `engine` "process" (the default): an RNN's streams are stepped in a process of their own (engine_process.py),
     which served 32 clients 20% faster than "thread" (an engine thread in this process) on 2 cores."""
     if engine not in ENGINES:
         raise RnnlabError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     limits = Limits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_concurrent=max_concurrent)
-    use_threads(max(1, torch.get_num_threads() - 1) if threads is None else threads)
+    threads, busy_threads = engine_threads(threads)
+    torch.set_num_threads(1)
     with bind(host, port) as sock:  # before the model loads: a busy port fails in a moment, not after it
         lm = load(model_dir, device=device, precision=precision)
-        stepper = None
         if engine == "process" and isinstance(lm, LanguageModel):
             from rnnlab.inference.engine_process import ProcessEngine
-            stepper = ProcessEngine(model_dir, max_batch=max_concurrent, precision=precision, device=device)
+            stepper = ProcessEngine(model_dir, max_batch=max_concurrent, precision=precision, device=device,
+                                    threads=threads, busy_threads=busy_threads)
+        elif isinstance(lm, LanguageModel):
+            stepper = Engine(lm, max_batch=max_concurrent, threads=threads, busy_threads=busy_threads)
+        else:  # a baseline, generated one request at a time on the server's threads
+            stepper = None
+            torch.set_num_threads(threads)
         app = create_app(lm, limits, stepper)
         # unknown prompt words are reported in each response; the server log need not repeat them
         warnings.simplefilter("ignore", RnnlabWarning)
