@@ -57,23 +57,33 @@ def test_the_same_request_gives_the_same_text_whatever_runs_beside_it(tiny_model
     assert len({results[i] for i in range(18) if i % 3}) == 12          # the others are their own
 
 
-def test_the_engine_steps_on_its_own_threads_and_on_its_busy_count_past_the_busy_batch(lm, monkeypatch):
+def test_the_engine_steps_on_its_own_threads_and_on_its_busy_count_while_many_streams_run(lm, monkeypatch):
+    import time
+
     import torch
 
     from rnnlab.inference import engine as engine_module
     monkeypatch.setattr(engine_module, "BUSY_BATCH", 2)
+    monkeypatch.setattr(engine_module, "CALM_SECONDS", 0.5)
     before = torch.get_num_threads()
     engine = Engine(lm, max_batch=8, threads=2, busy_threads=1)
     try:
-        first = iter(engine.submit(lm.encode_prompt("ROMEO:"), length=50_000, seed=1))
+        first = iter(engine.submit(lm.encode_prompt("ROMEO:"), length=10**6, seed=1))
         next(first)
         assert engine.threads_now == 2
-        others = [iter(engine.submit(lm.encode_prompt("ROMEO:"), length=50_000, seed=s)) for s in (2, 3)]
+        others = [engine.submit(lm.encode_prompt("ROMEO:"), length=10**6, seed=s) for s in (2, 3)]
         for stream in others:
-            next(stream)
-        next(first)
-        assert engine.threads_now == 1          # three streams: past the busy batch
+            next(iter(stream))
+        assert engine.threads_now == 1            # three streams: past the busy batch
         assert torch.get_num_threads() == before  # the caller's thread keeps its own count
+        for stream in others:
+            stream.cancel()
+        next(first)
+        assert engine.threads_now == 1            # one stream again, but not yet for CALM_SECONDS
+        deadline = time.monotonic() + 30
+        while engine.threads_now != 2 and time.monotonic() < deadline:
+            next(first)
+        assert engine.threads_now == 2
     finally:
         engine.close()
     with pytest.raises(RnnlabError, match="--threads must be at least 1"):

@@ -59,6 +59,7 @@ BLOCK_SECONDS = 0.010
 # second torch thread then lost (32 clients: 0.83x the tokens/s of one thread) where it had won (16 clients: 1.15x;
 # 1 client: 1.5x; benchmarks/RESULTS.md, run 20)
 BUSY_BATCH = 16
+CALM_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -194,6 +195,8 @@ class Engine:
         self.largest_batch = 0
         self.step_seconds = 0.0             # the last step's time (a block's, divided by its steps)
         self.threads_now: int | None = None  # the torch threads the last step ran on, where the engine set them
+        self.active = 0                     # streams in the batch
+        self.calm_since = float("-inf")     # since when at most BUSY_BATCH streams have stepped (None: more now)
         self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
         self.worker.start()
 
@@ -251,9 +254,10 @@ class Engine:
                         stream.end()
                     self._wake(ended)
                     batch.keep(keep)
+                    self.active = len(batch.streams)
                     if not batch.streams:
                         continue
-                    wanted = self.threads if len(batch.streams) <= BUSY_BATCH else self.busy_threads
+                    wanted = self._threads_wanted()
                     if wanted is not None and wanted != self.threads_now:
                         torch.set_num_threads(wanted)  # this thread's (and new threads' default)
                         self.threads_now = wanted
@@ -285,6 +289,18 @@ class Engine:
                 for stream in self.waiting:
                     stream.end()
                 self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
+
+    def _threads_wanted(self) -> int | None:
+        """`busy_threads` while more than BUSY_BATCH streams step and until CALM_SECONDS after, else `threads`. The
+        wait: at 32 clients whose requests end and start in waves, the batch dips under BUSY_BATCH again and again,
+        and switching to two threads in each dip cost a fifth of the tokens/s and made TTFT p50 ~100 ms."""
+        now = time.perf_counter()
+        if self.active > BUSY_BATCH:
+            self.calm_since = None
+        elif self.calm_since is None:
+            self.calm_since = now
+        calm = self.calm_since is not None and now - self.calm_since >= CALM_SECONDS
+        return self.threads if calm else self.busy_threads
 
     def _admit(self, stepper: Stepper, batch: _Batch, streams: list[Stream], together: bool = True) -> None:
         """Prefill. A prompt of up to `Stepper.STEPPED_PROMPT` tokens joins the batch at once, from a zero state,

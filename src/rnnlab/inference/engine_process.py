@@ -69,11 +69,15 @@ class ProcessEngine:
         """As `Engine.submit`: the request is checked here, then stepped in the engine's process."""
         stream = new_stream(prompt, length=length, seed=seed, generator=generator, **settings)
         state = None if generator is None else generator.get_state()
+        if state is not None and torch.equal(state, torch.Generator().manual_seed(seed).get_state()):
+            state = None  # untouched: the engine seeds its own, and the request stays ~100 bytes, not 5 kB
+        elif state is not None:  # as bytes: a tensor would travel as shared memory, a file and a connection back
+            state = state.numpy().tobytes()
         with self.lock:
             if self.closed or not self.receiver.is_alive():
                 raise RnnlabError(STOPPED)
             sid = next(self.ids)
-            stream.on_cancel = lambda: self._send(("cancel", sid))
+            stream.on_cancel = lambda: self._cancel(sid)
             self.streams[sid] = stream  # before it is sent: the engine's answer can come back at once
             try:
                 self._requests.send(("submit", sid, stream.prompt, dict(length=length, seed=seed, **settings), state))
@@ -82,11 +86,11 @@ class ProcessEngine:
                 raise RnnlabError(STOPPED) from None
         return stream
 
-    def _send(self, message: tuple) -> None:
+    def _cancel(self, sid: int) -> None:
         with self.lock:
-            if not self.closed:
+            if not self.closed and sid in self.streams:  # not yet ended there (a reader cancels every stream it leaves)
                 try:
-                    self._requests.send(message)
+                    self._requests.send(("cancel", sid))
                 except OSError:  # the engine's process is gone; the receiver fails its streams
                     pass
 
@@ -207,7 +211,7 @@ def _child(path: str, max_batch: int, precision: str, device: str, threads: int,
         generator = None
         if state is not None:
             generator = torch.Generator()
-            generator.set_state(state)
+            generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
         with engine.wake:  # the stream is known by its id before the engine can step it
             try:
                 stream = engine.submit(prompt, generator=generator, **settings)
