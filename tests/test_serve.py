@@ -411,6 +411,19 @@ def test_threads_default_to_the_cores_and_one_fewer_when_busy():
         engine_threads(0)
 
 
+def test_the_apps_own_engine_steps_on_one_thread_whatever_the_callers_count(lm):
+    # the caller's thread has likely run torch on several threads; an engine thread on several too was 2x slower
+    # than on one (engine.py), so the engine create_app makes itself keeps to one, and leaves the caller's alone
+    before = torch.get_num_threads()
+    engine = create_app(lm, LIMITS).state.engine
+    try:
+        assert engine.threads == 1
+        assert len(list(engine.submit(lm.encode_prompt("ROMEO:"), length=20, seed=1))) == 20
+        assert engine.threads_now == 1 and torch.get_num_threads() == before
+    finally:
+        engine.close()
+
+
 def test_limits_below_one_token_are_refused():
     with pytest.raises(RnnlabError, match="--max-tokens must be at least 1"):
         Limits(max_tokens=0)

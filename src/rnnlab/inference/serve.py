@@ -303,9 +303,10 @@ def create_app(lm: TextModel, limits: Limits = Limits(), engine=None) -> FastAPI
     GenerateRequest = request_model(limits)
     counters = Counters()
     slots = asyncio.Semaphore(limits.max_concurrent)
-    # an RNN's streams step together in one batch (inference/engine.py); a baseline's one by one
+    # an RNN's streams step together in one batch (inference/engine.py); a baseline's one by one. On one thread: the
+    # caller's threads have most likely run torch on several, and then several are slower for the engine (Engine)
     if engine is None and isinstance(lm, LanguageModel):
-        engine = Engine(lm, max_batch=limits.max_concurrent)
+        engine = Engine(lm, max_batch=limits.max_concurrent, threads=1)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -317,6 +318,7 @@ def create_app(lm: TextModel, limits: Limits = Limits(), engine=None) -> FastAPI
     app = FastAPI(title=f"rnnlab: {name}", version=__version__, lifespan=lifespan,
                   description="Generate text with a recurrent language model trained by rnnlab.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.engine = engine
 
     # the OpenAI-compatible routes, which the page uses too: /v1/completions, /v1/models
     from rnnlab.inference import openai_api
