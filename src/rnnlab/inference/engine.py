@@ -198,7 +198,9 @@ class Engine:
         self.active = 0                     # streams in the batch
         self.calm_since = float("-inf")     # since when at most BUSY_BATCH streams have stepped (None: more now)
         self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
+        self.warm = threading.Event()        # the worker has warmed up (or failed): the first requests need not wait
         self.worker.start()
+        self.warm.wait()
 
     def submit(self, prompt: list[int], *, length: int, seed: int, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
@@ -235,6 +237,11 @@ class Engine:
             with torch.inference_mode(), evaluating(net):
                 stepper = Stepper.of(net, lm.precision)
                 block = block_stepper(stepper)  # None: the model steps from Python only
+                if self.threads is not None:
+                    self.threads_now = self.threads
+                    torch.set_num_threads(self.threads)
+                self._warm_up(stepper, block)
+                self.warm.set()
                 batch = _Batch(stepper.batch_dim)
                 while True:
                     with self.wake:
@@ -283,12 +290,26 @@ class Engine:
                 stream.fail(e)
             raise
         finally:
+            self.warm.set()
             for stream, _ in batch.streams:
                 stream.end()
             with self.wake:
                 for stream in self.waiting:
                     stream.end()
                 self._wake([*(s for s, _ in batch.streams), *admitted, *self.waiting])
+
+    def _warm_up(self, stepper: Stepper, block) -> None:
+        """A step and three blocks on zero states of one row and of `max_batch`, before the first request: a
+        step's first call took ~20 ms and the scripted block's first two ~35 and ~14 ms (TorchScript profiles its
+        first runs), which a server's first requests would wait for (benchmarks/RESULTS.md, run 20)."""
+        if not stepper.fast:
+            return
+        vocab = self.lm.tokenizer.vocab_size
+        for rows in sorted({1, self.max_batch}):
+            stepper.step(torch.zeros(rows, dtype=torch.long, device=self.lm.device), stepper.zero_state(rows))
+            for _ in range(3 if block is not None else 0):
+                block(torch.zeros(rows, vocab), stepper.zero_state(rows), torch.ones(2, rows, vocab),
+                      torch.ones(rows, 1), torch.full((2, rows), -1, dtype=torch.long))
 
     def _threads_wanted(self) -> int | None:
         """`busy_threads` while more than BUSY_BATCH streams step and until CALM_SECONDS after, else `threads`. The
