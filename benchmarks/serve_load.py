@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import re
+import ssl
 import statistics
 import subprocess
 import sys
@@ -148,9 +150,12 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
     settled: list[tuple[float, int]] = []
     errors: list[str] = []
     rss_start = rss_mb(server_pid)
-    # one client object, a connection each: made before the clock starts (an httpx client builds an SSL
-    # context, ~30 ms of this process's event loop, which would land in the first requests' TTFT)
-    pool = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # a client object and a connection each, made before the clock starts. Not one client's pool for all: with 256
+    # connections httpcore's pool spent seconds of this process's CPU matching requests to connections
+    # (AsyncConnectionPool._assign_requests_to_connections, in py-spy), and the server sat idle, waiting for
+    # requests (RESULTS.md, run 20). One SSL context for all: each client would build its own, ~30 ms each
+    tls = ssl.create_default_context()
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     collections = []  # this process's full (generation-2) garbage collections during the load, and their ms
     timer = {}
 
@@ -160,7 +165,9 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
             if phase == "stop":
                 collections.append(1000 * (timer["stop"] - timer["start"]))
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=pool) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        each = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=60, limits=one, verify=tls))
+                for _ in range(clients)]
         # what start-up made (torch, with --offline) out of the collector's full passes, as the server does: a pass
         # over it took ~85 ms, which would land in the TTFT of every request then in flight
         gc.freeze()
@@ -168,7 +175,7 @@ async def load(url: str, clients: int, seconds: float, body: dict, server_pid: i
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client, body, started + seconds, results, errors, later, settled,
                                            started + SETTLE_SECONDS)
-                               for _ in range(clients)))
+                               for client in each))
         elapsed = time.perf_counter() - started
         gc.callbacks.remove(gen2)
     rss_end = rss_mb(server_pid)
