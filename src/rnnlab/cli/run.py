@@ -348,8 +348,8 @@ def serve_parser(sub) -> None:
     p.add_argument("--max-concurrent", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="generations running at once; later requests wait their turn (default: 8)")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads for the model's steps (default: one fewer than the cores, that one left to "
-                        "the HTTP side; at least 1)")
+                   help="torch threads for the model's steps, always (default: all the cores while at most 16 "
+                        "streams run, one fewer when more do, that one left to the HTTP side)")
     p.add_argument("--engine", choices=["process", "thread"], default="process",
                    help="step the streams in a process of their own (no interpreter lock shared with the HTTP side; "
                         "the model is loaded twice), or on a thread of this one (default: process)")
