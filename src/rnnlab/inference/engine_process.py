@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.inference.engine import Engine, Stream, new_stream
+from rnnlab.inference.engine import Engine
+from rnnlab.inference.stream import Stream, new_stream
 
 STOPPED = "the generation engine's process has stopped; restart the server"
 

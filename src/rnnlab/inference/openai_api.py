@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from rnnlab.inference.engine import FLUSH_SECONDS
+from rnnlab.inference.stream import FLUSH_SECONDS
 from rnnlab.inference.lm import held_back
 from rnnlab.options import MAX_GENERATION_SEED
 

@@ -45,7 +45,8 @@ from starlette.concurrency import run_in_threadpool
 
 from rnnlab.version import __version__
 from rnnlab.errors import RnnlabError
-from rnnlab.inference.engine import FLUSH_SECONDS, Engine
+from rnnlab.inference.engine import Engine
+from rnnlab.inference.stream import FLUSH_SECONDS
 from rnnlab.inference.lm import LanguageModel, TextModel
 from rnnlab.options import MAX_GENERATION_SEED as MAX_SEED
 
