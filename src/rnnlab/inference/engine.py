@@ -293,7 +293,8 @@ class Engine:
             stream.finish, stream.made = "stop", stream.length
             return
         stream.made += 1
-        stream.counts[token] = stream.counts.get(token, 0) + 1
+        if any(stream.penalties):  # the counts are the penalties' only use
+            stream.counts[token] = stream.counts.get(token, 0) + 1
         if stream.logprobs is None:
             stream.tokens.put(token)
         else:
@@ -317,20 +318,22 @@ class Engine:
         for the steps it samples (the same draws, in the same order, as step by step), its prompt's tokens
         forced where it still reads one; then each stream is handed its tokens, up to its end."""
         vocab = logits.size(1)
-        noise = torch.ones(steps, len(active), vocab)
+        noise = torch.ones(len(active), steps, vocab)  # a stream's rows contiguous: drawn in place, as one draw
         forced = torch.full((steps, len(active)), -1, dtype=torch.long)
+        feds = []
         for i, (stream, generator) in enumerate(active):
-            fed = min(steps, len(stream.feeding))
+            feds.append(fed := min(steps, len(stream.feeding)))
             if fed:
                 forced[:fed, i] = torch.tensor([stream.feeding.popleft() for _ in range(fed)])
             if fed < steps:
-                noise[fed:, i] = torch.empty(steps - fed, vocab).exponential_(generator=generator)
+                noise[i, fed:].exponential_(generator=generator)
         temperature = torch.tensor([[stream.sampling["temperature"]] for stream, _ in active])
-        tokens, logits, state = block(logits, state, noise, temperature, forced)
-        for i, (stream, _) in enumerate(active):
-            for step, token in enumerate(tokens[:, i].tolist()):
-                if forced[step, i] < 0 and stream.made < stream.length:
-                    self._hand(stream, token)
+        tokens, logits, state = block(logits, state, noise.transpose(0, 1), temperature, forced)
+        for (stream, _), fed, made in zip(active, feds, tokens.t().tolist()):
+            for token in made[fed:]:  # the steps after its prompt's last forced token
+                if stream.made >= stream.length:
+                    break
+                self._hand(stream, token)
         return logits, state
 
 

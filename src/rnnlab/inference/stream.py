@@ -37,7 +37,7 @@ class Stream:
     logprobs: int | None = None                   # with it, items are (token, logprob, {alternative: logprob})
     counts: dict = field(default_factory=dict)    # token -> times generated (for the penalties)
     finish: str = "length"                        # "stop": the model ended its document (not handed out)
-    tokens: queue.Queue = field(default_factory=queue.Queue)
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # C-fast put and get
     cancelled: threading.Event = field(default_factory=threading.Event)
     made: int = 0
     over: bool = False                            # the end is queued: no more tokens will come
