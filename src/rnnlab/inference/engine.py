@@ -46,8 +46,8 @@ from rnnlab.models.rnnlm import evaluating
 # (benchmarks/RESULTS.md, run 19)
 BLOCK_SECONDS = 0.010
 # Past this many streams `busy_threads` step them: the server's HTTP work grows with its streams, and on 2 cores a
-# second torch thread then lost (32 clients: 0.83x the tokens/s of one thread) where it had won (16 clients: 1.15x;
-# 1 client: 1.5x; benchmarks/RESULTS.md, run 20)
+# second torch thread then lost (32 clients: 0.83-0.90x the tokens/s of one thread) where it had won (16 clients:
+# 1.15-1.21x; 1 client: 1.4-1.5x; benchmarks/RESULTS.md, run 20). CALM_SECONDS: see _threads_wanted
 BUSY_BATCH = 16
 CALM_SECONDS = 1.0
 
@@ -191,11 +191,14 @@ class Engine:
         if not stepper.fast:
             return
         vocab = self.lm.tokenizer.vocab_size
-        for rows in sorted({1, self.max_batch}):
-            stepper.step(torch.zeros(rows, dtype=torch.long, device=self.lm.device), stepper.zero_state(rows))
-            for _ in range(3 if block is not None else 0):
-                block(torch.zeros(rows, vocab), stepper.zero_state(rows), torch.ones(2, rows, vocab),
-                      torch.ones(rows, 1), torch.full((2, rows), -1, dtype=torch.long))
+        try:
+            for rows in sorted({1, self.max_batch}):
+                stepper.step(torch.zeros(rows, dtype=torch.long, device=self.lm.device), stepper.zero_state(rows))
+                for _ in range(3 if block is not None else 0):
+                    block(torch.zeros(rows, vocab), stepper.zero_state(rows), torch.ones(2, rows, vocab),
+                          torch.ones(rows, 1), torch.full((2, rows), -1, dtype=torch.long))
+        except Exception:  # noqa: BLE001 — only a head start: a step that fails fails its requests, as it would anyway
+            pass
 
     def _threads_wanted(self) -> int | None:
         """`busy_threads` while more than BUSY_BATCH streams step and until CALM_SECONDS after, else `threads`. The
