@@ -90,6 +90,41 @@ def test_the_engine_steps_on_its_own_threads_and_on_its_busy_count_while_many_st
         Engine(lm, threads=0)
 
 
+def test_a_failed_warm_up_costs_only_the_head_start(lm, monkeypatch):
+    from rnnlab.inference import engine as engine_module
+    made = engine_module.block_stepper
+
+    def failing_first(stepper):
+        block, calls = made(stepper), []
+
+        def run(*args):
+            calls.append(1)
+            if len(calls) == 1:  # the warm-up's first call
+                raise RuntimeError("no head start today")
+            return block(*args)
+        return run
+    monkeypatch.setattr(engine_module, "block_stepper", failing_first)
+    engine = Engine(lm, max_batch=4)
+    try:
+        stream = engine.submit(lm.encode_prompt("ROMEO:"), length=60, seed=3)
+        assert text_of(lm, "ROMEO:", stream) == lm.generate("ROMEO:", length=60, seed=3)
+    finally:
+        engine.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ends with its error
+def test_an_engine_whose_thread_has_died_refuses_requests_instead_of_keeping_them(lm, monkeypatch):
+    from rnnlab.inference import engine as engine_module
+
+    def broken(net, precision="fp32"):
+        raise RuntimeError("no stepper today")
+    monkeypatch.setattr(engine_module.Stepper, "of", broken)
+    engine = Engine(lm, max_batch=4)  # returns once its thread has ended
+    with pytest.raises(RnnlabError, match="the generation engine has stopped"):
+        engine.submit(lm.encode_prompt("ROMEO:"), length=10, seed=1)
+    engine.close()
+
+
 def test_plain_streams_step_in_blocks_and_each_writes_what_it_writes_alone(lm, monkeypatch):
     """With every stream sampling plainly, the engine takes several steps a call (blocks.py): streams joining,
     reading their prompts and ending inside a block still write exactly what lm.generate writes."""

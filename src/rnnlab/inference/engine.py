@@ -77,6 +77,7 @@ class Engine:
         self.waiting: collections.deque[Stream] = collections.deque()
         self.wake = threading.Condition()
         self.closed = False
+        self.stopped = False                # the worker is ending: submit refuses (nothing would step the stream)
         self.steps = 0                      # batched steps taken; largest batch seen (for tests and stats)
         self.largest_batch = 0
         self.step_seconds = 0.0             # the last step's time (a block's, divided by its steps)
@@ -100,7 +101,7 @@ class Engine:
                             greedy=greedy, generator=generator, presence_penalty=presence_penalty,
                             frequency_penalty=frequency_penalty, logprobs=logprobs)
         with self.wake:
-            if self.closed or not self.worker.is_alive():
+            if self.closed or self.stopped or not self.worker.is_alive():
                 raise RnnlabError("the generation engine has stopped; restart the server")
             self.waiting.append(stream)
             self.wake.notify()
@@ -176,6 +177,8 @@ class Engine:
                 stream.fail(e)
             raise
         finally:
+            with self.wake:  # before the waiting are ended below: a stream that came later would wait forever
+                self.stopped = True
             self.warm.set()
             for stream, _ in batch.streams:
                 stream.end()
