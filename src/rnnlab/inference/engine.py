@@ -82,8 +82,7 @@ class Engine:
         self.largest_batch = 0
         self.step_seconds = 0.0             # the last step's time (a block's, divided by its steps)
         self.threads_now: int | None = None  # the torch threads the last step ran on, where the engine set them
-        self.active = 0                     # streams in the batch
-        self.calm_since = float("-inf")     # since when at most BUSY_BATCH streams have stepped (None: more now)
+        self.busy_until = 0.0               # busy_threads step until then (perf_counter; CALM_SECONDS past a busy step)
         self.worker = threading.Thread(target=self._run, name="rnnlab-engine", daemon=True)
         self.warm = threading.Event()        # the worker has warmed up (or failed): the first requests need not wait
         self.worker.start()
@@ -124,9 +123,7 @@ class Engine:
             with torch.inference_mode(), evaluating(net):
                 stepper = Stepper.of(net, lm.precision)
                 block = block_stepper(stepper)  # None: the model steps from Python only
-                if self.threads is not None:
-                    self.threads_now = self.threads
-                    torch.set_num_threads(self.threads)
+                self._step_on(self.threads)
                 self._warm_up(stepper, block)
                 self.warm.set()
                 batch = _Batch(stepper.batch_dim)
@@ -148,13 +145,9 @@ class Engine:
                         stream.end()
                     self._wake(ended)
                     batch.keep(keep)
-                    self.active = len(batch.streams)
                     if not batch.streams:
                         continue
-                    wanted = self._threads_wanted()
-                    if wanted is not None and wanted != self.threads_now:
-                        torch.set_num_threads(wanted)  # this thread's (and new threads' default)
-                        self.threads_now = wanted
+                    self._step_on(self._threads_wanted(len(batch.streams)))
                     try:
                         started, steps = time.perf_counter(), self._block_length(block, batch.streams)
                         if steps > 1:
@@ -203,17 +196,20 @@ class Engine:
         except Exception:  # noqa: BLE001 — only a head start: a step that fails fails its requests, as it would anyway
             pass
 
-    def _threads_wanted(self) -> int | None:
+    def _threads_wanted(self, streams: int) -> int | None:
         """`busy_threads` while more than BUSY_BATCH streams step and until CALM_SECONDS after, else `threads`. The
         wait: at 32 clients whose requests end and start in waves, the batch dips under BUSY_BATCH again and again,
         and switching to two threads in each dip cost a fifth of the tokens/s and made TTFT p50 ~100 ms."""
         now = time.perf_counter()
-        if self.active > BUSY_BATCH:
-            self.calm_since = None
-        elif self.calm_since is None:
-            self.calm_since = now
-        calm = self.calm_since is not None and now - self.calm_since >= CALM_SECONDS
-        return self.threads if calm else self.busy_threads
+        if streams > BUSY_BATCH:
+            self.busy_until = now + CALM_SECONDS
+        return self.busy_threads if now < self.busy_until else self.threads
+
+    def _step_on(self, threads: int | None) -> None:
+        """This thread's torch threads (and new threads' default) from now on; None leaves them as they are."""
+        if threads is not None and threads != self.threads_now:
+            torch.set_num_threads(threads)
+            self.threads_now = threads
 
     def _admit(self, stepper: Stepper, batch: _Batch, streams: list[Stream], together: bool = True) -> None:
         """Prefill. A prompt of up to `Stepper.STEPPED_PROMPT` tokens joins the batch at once, from a zero state,
